@@ -1,0 +1,131 @@
+"""Layer blocks per model family: an ordered, complete partition of a checkpoint's parameters.
+
+LiNeS (Wang et al., ICLR 2025, Sec. 3) scales the task vector of block ℓ = 1..L (input → output)
+by λ(ℓ). A family is data, not code: regexes that find each *stack* of blocks, anchored on the
+container name (``encoder.layer.3.``, never a bare ``.3.``, which the reference implementation
+matches and which is wrong for T5's ``block.3.layer.1.`` or MoE's ``experts.1.``), plus the
+patterns that say which parameters outside the stacks sit on the output side.
+
+Parameters outside every stack are placed by a named *block policy*:
+- ``reference``: all of them in block 1 (they get α), as the reference implementation does,
+  including the final norm and projection;
+- ``depth``: input-side parameters (embeddings, stems) in block 1, output-side ones (final norm,
+  projection, head) in block L, and a stack's own closing norm (``stack_end``) in that stack's
+  last block.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lines.errors import LinesError
+
+BlockPolicy = Literal["reference", "depth"]
+BLOCK_POLICIES: tuple[str, ...] = ("reference", "depth")
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One sequence of repeated blocks. ``pattern`` must capture the block index as group 1."""
+
+    name: str
+    pattern: str
+
+    def match(self, key: str) -> int | None:
+        m = re.search(self.pattern, key)
+        return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family's layer layout. Stacks are listed input → output; blocks are numbered
+    through them in that order (e.g. T5: encoder blocks 1..Le, then decoder blocks Le+1..Le+Ld)."""
+
+    name: str
+    description: str
+    stacks: tuple[Stack, ...]
+    # Outside the stacks: regexes of output-side parameters (final norm, projection, head).
+    # Everything else outside the stacks is input side (embeddings, stems, leftovers).
+    output_side: tuple[str, ...] = ()
+    # Regexes of parameters that close a stack (e.g. T5's encoder.final_layer_norm), by stack name.
+    stack_end: tuple[tuple[str, str], ...] = ()
+    # Detection: lower runs first; a family is detected when any key falls in one of its stacks
+    # and every regex in ``requires`` matches some key.
+    priority: int = 100
+    requires: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = field(default=())
+
+    def detects(self, keys: Sequence[str]) -> bool:
+        if not any(s.match(k) is not None for s in self.stacks for k in keys):
+            return False
+        return all(any(re.search(r, k) for k in keys) for r in self.requires)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The ordered, complete partition of a checkpoint's keys into L blocks."""
+
+    family: str
+    policy: str
+    num_blocks: int
+    groups: tuple[tuple[str, ...], ...]
+    block: dict[str, int]  # key → ℓ in 1..L
+    placed_by_policy: frozenset[str]  # keys outside every stack
+
+    def block_of(self, key: str) -> int:
+        return self.block[key]
+
+
+def partition(family: Family, keys: Iterable[str], policy: str = "reference") -> Partition:
+    """Assign every key to a block 1..L; raise if a stack's indices are not 0..n-1."""
+    if policy not in BLOCK_POLICIES:
+        raise LinesError(
+            f"unknown block policy '{policy}' (choose from {', '.join(BLOCK_POLICIES)})"
+        )
+    keys = list(keys)
+    per_stack: list[dict[str, int]] = [{} for _ in family.stacks]
+    outside: list[str] = []
+    for k in keys:
+        for si, stack in enumerate(family.stacks):
+            idx = stack.match(k)
+            if idx is not None:
+                per_stack[si][k] = idx
+                break
+        else:
+            outside.append(k)
+    offsets, total = [], 0
+    for si, stack in enumerate(family.stacks):
+        idxs = sorted(set(per_stack[si].values()))
+        if idxs and idxs != list(range(len(idxs))):
+            missing = sorted(set(range(idxs[-1] + 1)) - set(idxs))
+            raise LinesError(
+                f"family '{family.name}': stack '{stack.name}' has blocks {idxs[0]}..{idxs[-1]} "
+                f"but is missing block(s) {missing[:5]}"
+            )
+        offsets.append(total)
+        total += len(idxs)
+    if total == 0:
+        raise LinesError(f"family '{family.name}': no parameter matches any of its layer blocks")
+    block: dict[str, int] = {}
+    for si, assigned in enumerate(per_stack):
+        for k, idx in assigned.items():
+            block[k] = offsets[si] + idx + 1
+    stack_last = {
+        s.name: offsets[si] + len(set(per_stack[si].values())) for si, s in enumerate(family.stacks)
+    }
+    for k in outside:
+        if policy == "reference":
+            block[k] = 1
+            continue
+        ends = [sname for rx, sname in family.stack_end if re.search(rx, k)]
+        if ends and stack_last.get(ends[0], 0) > 0:
+            block[k] = stack_last[ends[0]]
+        elif any(re.search(rx, k) for rx in family.output_side):
+            block[k] = total
+        else:
+            block[k] = 1
+    groups = tuple(tuple(k for k in keys if block[k] == ell) for ell in range(1, total + 1))
+    return Partition(family.name, policy, total, groups, block, frozenset(outside))

@@ -1,0 +1,583 @@
+"""Checkpoint I/O: lazy readers for safetensors, torch state dicts and Hugging Face folders, and an
+atomic, streaming safetensors writer.
+
+Readers never materialise a whole model: ``Checkpoint.get(key)`` reads one tensor. The safetensors
+reader parses the header itself and reads each tensor with one ``readinto`` from the file (no mmap),
+so the page cache is shared between processes but never counted as this process's memory.
+Torch files are read with ``torch.load(weights_only=True, mmap=True)`` only: arbitrary pickled
+objects (modules, optimisers) are refused, never executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import struct
+import tempfile
+import zipfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lines.errors import LinesError
+
+ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+ST_NAMES: dict[torch.dtype, str] = {v: k for k, v in ST_DTYPES.items()}
+
+# File names under which Hugging Face and open_clip folders keep their weights, in order of preference.
+FOLDER_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "open_clip_model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "open_clip_pytorch_model.bin",
+)
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Shape and dtype of one stored tensor, known without reading its data."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Streaming sha256 of one file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Checkpoint(ABC):
+    """A lazily opened state dict: keys and infos up front, tensors one at a time."""
+
+    path: Path
+
+    @abstractmethod
+    def keys(self) -> list[str]: ...
+
+    @abstractmethod
+    def info(self, key: str) -> TensorInfo: ...
+
+    @abstractmethod
+    def get(self, key: str) -> torch.Tensor:
+        """The tensor for ``key`` on the CPU. Callers must not modify it in place."""
+
+    @abstractmethod
+    def files(self) -> list[Path]:
+        """The weight files behind this checkpoint, for hashing."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._key_set()
+
+    def _key_set(self) -> set[str]:
+        if not hasattr(self, "_keys_cache"):
+            self._keys_cache = set(self.keys())
+        return self._keys_cache
+
+    def sha256(self) -> str:
+        """sha256 of the single weight file, or of ``name:sha`` lines for a multi-file folder."""
+        if not hasattr(self, "_sha"):
+            files = self.files()
+            if len(files) == 1:
+                self._sha = sha256_file(files[0])
+            else:
+                lines = "".join(f"{p.name}:{sha256_file(p)}\n" for p in sorted(files))
+                self._sha = hashlib.sha256(lines.encode()).hexdigest()
+        return self._sha
+
+    def numel(self) -> int:
+        return sum(self.info(k).numel for k in self.keys())
+
+    def nbytes(self) -> int:
+        return sum(self.info(k).nbytes for k in self.keys())
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    """A safetensors file read tensor by tensor with ``readinto``; header validated on open."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            self._f = open(self.path, "rb")
+        except OSError as e:
+            raise LinesError(f"{self.path}: cannot open ({e.strerror})") from None
+        head = self._f.read(8)
+        if len(head) < 8:
+            raise LinesError(
+                f"{self.path}: truncated or not a safetensors file (shorter than 8 bytes)"
+            )
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER or 8 + n > size:
+            raise LinesError(f"{self.path}: corrupt or truncated safetensors header (length {n})")
+        try:
+            header = json.loads(self._f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise LinesError(f"{self.path}: corrupt safetensors header (not JSON)") from None
+        if not isinstance(header, dict):
+            raise LinesError(f"{self.path}: corrupt safetensors header (not a JSON object)")
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        self._data_start = 8 + n
+        data_len = size - self._data_start
+        self._infos: dict[str, TensorInfo] = {}
+        self._offsets: dict[str, tuple[int, int]] = {}
+        for key, spec in header.items():
+            try:
+                dtype = ST_DTYPES[spec["dtype"]]
+                shape = tuple(int(s) for s in spec["shape"])
+                begin, end = (int(x) for x in spec["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise LinesError(f"{self.path}: corrupt safetensors entry for '{key}'") from None
+            info = TensorInfo(shape, dtype)
+            if end - begin != info.nbytes or begin < 0:
+                raise LinesError(
+                    f"{self.path}: corrupt safetensors entry for '{key}' (size mismatch)"
+                )
+            if end > data_len:
+                raise LinesError(
+                    f"{self.path}: truncated file: '{key}' ends at byte {self._data_start + end}, "
+                    f"file has {size}"
+                )
+            self._infos[key] = info
+            self._offsets[key] = (begin, end)
+        # Stored order (by offset) is the natural streaming order: sequential reads.
+        self._keys = sorted(self._infos, key=lambda k: self._offsets[k][0])
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def info(self, key: str) -> TensorInfo:
+        return self._infos[key]
+
+    def get(self, key: str) -> torch.Tensor:
+        info = self._infos[key]
+        begin, end = self._offsets[key]
+        if end == begin:
+            return torch.empty(info.shape, dtype=info.dtype)
+        buf = bytearray(end - begin)
+        self._f.seek(self._data_start + begin)
+        got = self._f.readinto(buf)
+        if got != end - begin:
+            raise LinesError(f"{self.path}: truncated file while reading '{key}'")
+        return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+
+    def files(self) -> list[Path]:
+        return [self.path]
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class TorchCheckpoint(Checkpoint):
+    """A plain ``{name: Tensor}`` torch file, loaded with ``weights_only=True`` (memory-mapped when
+    the file is in the zip format, so tensors are paged in lazily)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        sd = _torch_load_state_dict(self.path)
+        self._sd = sd
+        self._keys = list(sd)
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def info(self, key: str) -> TensorInfo:
+        t = self._sd[key]
+        return TensorInfo(tuple(t.shape), t.dtype)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._sd[key]
+
+    def files(self) -> list[Path]:
+        return [self.path]
+
+    def close(self) -> None:
+        self._sd = {}
+
+
+def _torch_load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a torch file safely and check that it is a plain state dict (unwrapping one
+    ``state_dict``/``model`` level, the common training-checkpoint wrapper)."""
+    mmap = zipfile.is_zipfile(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LinesError(
+            f"{path}: not a plain state dict (weights_only load refused it: {first[:160]}); "
+            "pickled modules are not loaded because unpickling runs code"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LinesError(f"{path}: corrupt or truncated torch file ({msg[:160]})") from None
+    if isinstance(obj, Mapping) and len(obj) == 1:
+        (only,) = obj.keys()
+        if only in ("state_dict", "model", "model_state_dict") and isinstance(obj[only], Mapping):
+            obj = obj[only]
+    if not isinstance(obj, Mapping):
+        raise LinesError(f"{path}: not a plain state dict (found {type(obj).__name__})")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise LinesError(
+            f"{path}: not a plain state dict (entry {bad[0]!r} is {type(obj[bad[0]]).__name__}, "
+            "not a tensor)"
+        )
+    return dict(obj)
+
+
+class ShardedCheckpoint(Checkpoint):
+    """Several weight files presented as one state dict (HF ``*.index.json`` shards)."""
+
+    def __init__(self, path: Path, parts: list[Checkpoint]):
+        self.path = Path(path)
+        self._parts = parts
+        self._owner: dict[str, Checkpoint] = {}
+        self._keys: list[str] = []
+        for part in parts:
+            for k in part.keys():
+                if k in self._owner:
+                    raise LinesError(f"{self.path}: key '{k}' appears in two shards")
+                self._owner[k] = part
+                self._keys.append(k)
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def info(self, key: str) -> TensorInfo:
+        return self._owner[key].info(key)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._owner[key].get(key)
+
+    def files(self) -> list[Path]:
+        return [f for p in self._parts for f in p.files()]
+
+    def close(self) -> None:
+        for p in self._parts:
+            p.close()
+
+
+def _open_file(path: Path) -> Checkpoint:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.suffix == ".safetensors":
+        return SafetensorsCheckpoint(path)
+    if head[:2] == b"PK" or path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        return TorchCheckpoint(path)
+    # Unknown suffix: sniff. A safetensors file starts with a small little-endian header length.
+    if len(head) == 8 and struct.unpack("<Q", head)[0] < _MAX_HEADER:
+        return SafetensorsCheckpoint(path)
+    return TorchCheckpoint(path)
+
+
+def weight_file_of_folder(folder: Path) -> Path:
+    """The weight file (or index) a Hugging Face / open_clip folder keeps its weights in."""
+    for name in FOLDER_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise LinesError(
+        f"{folder}: no weights found in folder (looked for {', '.join(FOLDER_WEIGHT_FILES)})"
+    )
+
+
+def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Open a checkpoint lazily: a safetensors file, a torch state-dict file, or a Hugging Face
+    (or open_clip) model folder, sharded or not."""
+    p = Path(path)
+    if not p.exists():
+        raise LinesError(f"{p}: no such file or folder")
+    if p.is_dir():
+        wf = weight_file_of_folder(p)
+        if wf.name.endswith(".index.json"):
+            try:
+                index = json.loads(wf.read_text())
+                shard_names = sorted(set(index["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise LinesError(f"{wf}: corrupt shard index") from None
+            parts = [_open_file(p / s) for s in shard_names]
+            ck: Checkpoint = ShardedCheckpoint(p, parts)
+        else:
+            ck = _open_file(wf)
+        ck.path = p
+        return ck
+    return _open_file(p)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def _atomic_tmp(target: Path, suffix: str = "") -> Path:
+    fd, name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent
+    )
+    os.close(fd)
+    return Path(name)
+
+
+class SafetensorsWriter:
+    """Writes a safetensors file tensor by tensor, in a declared order, to a temporary file beside
+    the target; ``commit()`` renames it into place, so readers never see a half-written file.
+
+    The header is written first (all shapes and dtypes are known up front), so memory stays at one
+    tensor whatever the model size.
+    """
+
+    def __init__(
+        self,
+        target: Path,
+        specs: Iterable[tuple[str, TensorInfo]],
+        metadata: Mapping[str, str] | None = None,
+        reserve: int = 4096,
+    ):
+        self.target = Path(target)
+        self._specs = list(specs)
+        self._metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+        off = 0
+        self._entries: dict[str, object] = {}
+        self._expect: dict[str, tuple[TensorInfo, int, int]] = {}
+        for key, info in self._specs:
+            if info.dtype not in ST_NAMES:
+                raise LinesError(f"cannot store dtype {info.dtype} of '{key}' in safetensors")
+            self._entries[key] = {
+                "dtype": ST_NAMES[info.dtype],
+                "shape": list(info.shape),
+                "data_offsets": [off, off + info.nbytes],
+            }
+            self._expect[key] = (info, off, off + info.nbytes)
+            off += info.nbytes
+        raw = self._header_bytes()
+        # Spare header room (spaces are valid JSON padding) so metadata known only at the end,
+        # such as norms, can be filled in without moving the data.
+        self._header_len = len(raw) + reserve + (8 - (len(raw) + reserve) % 8) % 8
+        self.tmp = _atomic_tmp(self.target)
+        self._f = open(self.tmp, "wb")
+        self._f.write(struct.pack("<Q", self._header_len))
+        self._f.write(raw.ljust(self._header_len, b" "))
+        self._data_start = 8 + self._header_len
+        self._order = [k for k, _ in self._specs]
+        self._next = 0
+        self._done = False
+
+    def _header_bytes(self) -> bytes:
+        header: dict[str, object] = {}
+        if self._metadata:
+            header["__metadata__"] = self._metadata
+        header.update(self._entries)
+        return json.dumps(header, separators=(",", ":")).encode()
+
+    def set_metadata(self, key: str, value: str) -> None:
+        """Set a metadata entry before ``commit`` (rewrites the header in its reserved room)."""
+        self._metadata[str(key)] = str(value)
+        raw = self._header_bytes()
+        if len(raw) > self._header_len:
+            raise RuntimeError("SafetensorsWriter: metadata exceeds the reserved header room")
+        pos = self._f.tell()
+        self._f.seek(8)
+        self._f.write(raw.ljust(self._header_len, b" "))
+        self._f.seek(pos)
+
+    def rewrite(self, key: str, tensor: torch.Tensor) -> None:
+        """Overwrite an already written tensor in place (before ``commit``)."""
+        info, begin, _ = self._expect[key]
+        if self._order.index(key) >= self._next:
+            raise RuntimeError(f"SafetensorsWriter: '{key}' not written yet")
+        pos = self._f.tell()
+        self._f.seek(self._data_start + begin)
+        self._write_bytes(key, tensor)
+        self._f.seek(pos)
+
+    def _write_bytes(self, key: str, tensor: torch.Tensor) -> None:
+        info, _, _ = self._expect[key]
+        if tuple(tensor.shape) != info.shape or tensor.dtype != info.dtype:
+            raise RuntimeError(f"SafetensorsWriter: '{key}' has {tensor.shape}/{tensor.dtype}")
+        t = tensor.detach().to("cpu").contiguous()
+        if t.numel():
+            # One view as bytes, no extra copy (bf16 has no numpy dtype, so go through uint8).
+            self._f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        """Append the next tensor; keys must come in the declared order."""
+        if self._next >= len(self._order) or self._order[self._next] != key:
+            want = self._order[self._next] if self._next < len(self._order) else "<end>"
+            raise RuntimeError(f"SafetensorsWriter: got '{key}', expected '{want}'")
+        self._write_bytes(key, tensor)
+        self._next += 1
+
+    def commit(self) -> Path:
+        if self._next != len(self._order):
+            raise RuntimeError(
+                f"SafetensorsWriter: only {self._next}/{len(self._order)} tensors written"
+            )
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self.tmp, self.target)
+        self._done = True
+        return self.target
+
+    def abort(self) -> None:
+        if not self._done:
+            self._f.close()
+            self.tmp.unlink(missing_ok=True)
+            self._done = True
+
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    tmp = _atomic_tmp(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_state_dict(
+    path: Path, sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write a small in-memory state dict atomically (tests, heads, tiny models)."""
+    specs = [(k, TensorInfo(tuple(v.shape), v.dtype)) for k, v in sd.items()]
+    with SafetensorsWriter(Path(path), specs, metadata) as w:
+        for k, v in sd.items():
+            w.write(k, v)
+        return w.commit()
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a whole (small) checkpoint into memory."""
+    with open_checkpoint(path) as ck:
+        return {k: ck.get(k).clone() for k in ck.keys()}
+
+
+def iter_tensors(
+    ck: Checkpoint, keys: Iterable[str] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    for k in keys if keys is not None else ck.keys():
+        yield k, ck.get(k)
+
+
+# ----------------------------------------------------------------------------------------------
+# Output targets: a single safetensors file, or a Hugging Face-style folder
+
+
+@dataclass
+class OutputPlan:
+    """Where a result goes. ``weights`` is the final safetensors path, ``manifest`` the JSON beside
+    it. For a folder output the whole folder is built under a temporary name and renamed at the end."""
+
+    out: Path
+    weights: Path
+    manifest: Path
+    staging: Path | None = None  # temporary folder for folder outputs
+
+    def finalize(self) -> None:
+        if self.staging is not None:
+            if self.out.exists():
+                shutil.rmtree(self.out)
+            os.replace(self.staging, self.out)
+
+    def discard(self) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def plan_output(
+    out: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str]],
+    overwrite: bool = False,
+    copy_from: Path | None = None,
+) -> OutputPlan:
+    """Validate an output path and plan an atomic write.
+
+    ``OUT.safetensors`` writes that file and ``OUT.json`` beside it; any other name is a folder
+    holding ``model.safetensors``, ``lines_manifest.json`` and, when ``copy_from`` is a model
+    folder, its non-weight files (config, tokenizer) so the result loads with ``from_pretrained``.
+    Refuses an existing output (unless ``overwrite``) and an output that is one of the inputs.
+    """
+    o = Path(out)
+    resolved_inputs = {Path(i).resolve() for i in inputs}
+    is_file = o.suffix == ".safetensors"
+    manifest_path = o.with_suffix(".json") if is_file else o / "lines_manifest.json"
+    for cand in (o, manifest_path):
+        r = cand.resolve()
+        if r in resolved_inputs or any(r == i or i.is_relative_to(r) for i in resolved_inputs):
+            raise LinesError(f"{o}: output path is one of the inputs; refusing to overwrite it")
+    if o.exists() and not overwrite:
+        raise LinesError(f"{o}: output exists (pass --overwrite to replace it)")
+    if is_file and manifest_path.exists() and not overwrite:
+        raise LinesError(
+            f"{manifest_path}: output manifest exists (pass --overwrite to replace it)"
+        )
+    parent = o.parent if is_file else o.parent
+    if not parent.exists():
+        raise LinesError(f"{parent}: output folder does not exist")
+    if is_file:
+        return OutputPlan(out=o, weights=o, manifest=manifest_path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{o.name}.", suffix=".tmp", dir=parent))
+    if copy_from is not None and copy_from.is_dir():
+        for f in copy_from.iterdir():
+            if (
+                f.is_file()
+                and f.name not in FOLDER_WEIGHT_FILES
+                and not f.name.endswith((".safetensors", ".bin", ".pt", ".pth"))
+            ):
+                shutil.copy2(f, staging / f.name)
+    return OutputPlan(
+        out=o,
+        weights=staging / "model.safetensors",
+        manifest=staging / "lines_manifest.json",
+        staging=staging,
+    )

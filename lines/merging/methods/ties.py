@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+
+from lines.errors import LinesError
+from lines.merging.base import MergeMethod, check_fraction, disjoint_mean
+from lines.merging.sparsify import MagnitudeTrimmer, TrimScope
+
+
+@dataclasses.dataclass
+class Ties(MergeMethod):
+    """TIES-merging (Yadav et al., "Resolving Interference When Merging Models", NeurIPS 2023).
+
+    Trim: keep each task vector's entries with |τ| ≥ its (d − ⌊d·density⌋)-th smallest magnitude,
+    over the whole task vector (``scope='global'``, the paper and reference, computed exactly by a
+    streaming radix select) or per tensor. Elect: sign of the summed trimmed values; where that
+    sum is exactly 0 the global majority sign sign(Σ signs) is used, as in the reference.
+    Merge: mean of the trimmed entries that agree with the elected sign (disjoint mean).
+    The reference keeps the top 20% (density 0.2)."""
+
+    name: ClassVar[str] = "ties"
+    summary: ClassVar[str] = "trim, elect sign, disjoint mean"
+    reference: ClassVar[str] = "Yadav et al., NeurIPS 2023, arXiv 2306.01708"
+
+    density: float = dataclasses.field(
+        default=0.2, metadata={"help": "fraction of each task vector kept, in (0, 1]"}
+    )
+    scope: TrimScope = dataclasses.field(
+        default="global",
+        metadata={"help": "top-k over the whole task vector (global) or per tensor"},
+    )
+
+    def validate(self) -> None:
+        check_fraction("density", self.density)
+        if self.scope not in ("global", "per_tensor"):
+            raise LinesError(f"ties scope must be 'global' or 'per_tensor', got '{self.scope}'")
+
+    @property
+    def stats_passes(self) -> int:  # type: ignore[override]
+        return MagnitudeTrimmer(self.density, self.scope).passes
+
+    def setup(self, num_models: int, total_entries: int, device: torch.device | str) -> None:
+        self._trim = MagnitudeTrimmer(self.density, self.scope)
+        self._trim.begin(num_models, total_entries, device)
+        self._sign_sum = 0
+        self._ambiguous: list[str] = []
+        self._majority: int | None = None
+
+    def observe(self, pass_idx: int, key: str, taus: Sequence[torch.Tensor]) -> None:
+        self._trim.observe(pass_idx, taus)
+
+    def end_pass(self, pass_idx: int) -> None:
+        self._trim.end_pass(pass_idx)
+
+    def merge_tensor(self, key: str, taus: Sequence[torch.Tensor]) -> torch.Tensor:
+        trimmed = self._trim.apply(taus)
+        stacked = torch.stack(trimmed)
+        sign = torch.sign(stacked.sum(0))
+        zero = sign == 0
+        if self._majority is None:
+            # First merge pass: accumulate the global majority; on exact ties (a zero sum with
+            # non-zero entries) the result depends on it, so remember the key for a fix-up.
+            self._sign_sum += int(sign.sum())
+            if bool((zero & (stacked != 0).any(0)).any()):
+                self._ambiguous.append(key)
+            majority = 1.0
+        else:
+            majority = float(self._majority)
+        sign = torch.where(zero, torch.full_like(sign, majority), sign)
+        return disjoint_mean(trimmed, sign)
+
+    def fixup_keys(self) -> list[str]:
+        self._majority = 1 if self._sign_sum > 0 else (-1 if self._sign_sum < 0 else 0)
+        # Provisional merges used +1; only a non-positive majority changes those entries.
+        return self._ambiguous if self._majority <= 0 else []
+
+    def thresholds(self) -> list[float]:
+        return self._trim.thresholds()
+
+
+METHOD = Ties
