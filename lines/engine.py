@@ -287,6 +287,66 @@ def merge_checkpoints(
             raise
 
 
+def build_task_vector(
+    pretrained: PathLike,
+    finetuned: Sequence[PathLike],
+    method: MergeMethod,
+    out: PathLike,
+    *,
+    family: str | None = None,
+    block_policy: str = "reference",
+    pre_lines: tuple[float, float] | None = None,
+    norm: NormKind = "l1",
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    hash_inputs: bool = True,
+) -> dict[str, Any]:
+    """Write only the merged task vector τ_MTL (float32, floating keys) with ‖τ_sum‖ and ‖τ_MTL‖
+    in its metadata, plus a manifest beside it. ``apply_task_vector`` (or an in-memory equivalent)
+    then produces θ for any α, β or λ at the cost of one scaled add per tensor."""
+    dev = resolve_device(device)
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise LinesError(f"{out}: a task vector is written as a .safetensors file")
+    with ExitStack() as stack:
+        base = stack.enter_context(open_checkpoint(pretrained))
+        fts = [stack.enter_context(open_checkpoint(f)) for f in finetuned]
+        if len(fts) < method.min_models:
+            raise LinesError(
+                f"method '{method.name}' needs at least {method.min_models} fine-tuned checkpoint(s), got {len(fts)}"
+            )
+        check_compatible(base, fts)
+        part = partition_keys(base.keys(), family, block_policy)
+        plan = plan_output(out, [pretrained, *finetuned], overwrite)
+        pre_l = lines_lambdas(part.num_blocks, *pre_lines) if pre_lines is not None else None
+        stream = TaskVectorStream(base, fts, dev, part, pre_l, progress)
+        method.begin(len(fts), stream.total_entries(), dev)
+        for p in range(method.stats_passes):
+            for key, _, taus in stream.iterate(f"statistics pass {p + 1}/{method.stats_passes}"):
+                method.observe(p, key, taus)
+            method.end_pass(p)
+        manifest = _base_manifest("task_vector")
+        manifest.update(
+            {
+                "inputs": _inputs_manifest(base, fts, hash_inputs),
+                **method.describe(),
+                "family": part.family,
+                "num_blocks": part.num_blocks,
+                "block_policy": part.policy,
+                "pre_merge_lines": None
+                if pre_lines is None
+                else {"alpha": pre_lines[0], "beta": pre_lines[1], "lambdas": pre_l},
+                "device": str(dev),
+                "output": {"path": str(out), "dtype": "float32"},
+            }
+        )
+        rep = _merge_to_task_vector(stream, method, plan.weights, norm, manifest, progress)
+        manifest["norms"] = {"kind": norm, "task_vector_sum": rep.norm_sum, "merged_task_vector": rep.norm_mtl}
+        manifest["num_models"] = len(fts)
+        return _finish(plan, manifest, hash_output=True)
+
+
 def _merge_direct(
     stream: TaskVectorStream,
     method: MergeMethod,

@@ -1,0 +1,93 @@
+"""Shared plumbing of the pipeline stages: reading the fetched splits, subsets, seeds, JSON."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lines.errors import LinesError
+from lines.io import write_json_atomic
+
+TEXT_BACKBONES = ("minilm",)
+VISION_BACKBONES = ("mobilenet_v2", "efficientnet_lite0")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+@dataclass
+class Split:
+    inputs: Any  # list[str] for text, uint8 ndarray (N, H, W[, C]) for images
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, limit: int | None, seed: int = 0) -> Split:
+        """A fixed random subset of at most ``limit`` examples (the same for every stage)."""
+        n = len(self)
+        if limit is None or limit <= 0 or limit >= n:
+            return self
+        g = torch.Generator()
+        g.manual_seed(seed)
+        idx = torch.randperm(n, generator=g)[:limit].sort().values
+        if isinstance(self.inputs, list):
+            inputs: Any = [self.inputs[i] for i in idx.tolist()]
+        else:
+            inputs = self.inputs[idx.numpy()]
+        return Split(inputs, self.labels[idx])
+
+
+def read_split(fetch_dir: Path, task: str, split: str) -> Split:
+    """A split written by the fetch stage: ``datasets/<task>/<split>.jsonl`` (text) or ``.npz``."""
+    d = Path(fetch_dir) / "datasets" / task
+    jl, npz = d / f"{split}.jsonl", d / f"{split}.npz"
+    if jl.is_file():
+        texts, labels = [], []
+        with open(jl) as f:
+            for line in f:
+                row = json.loads(line)
+                texts.append(row["text"])
+                labels.append(int(row["label"]))
+        return Split(texts, torch.tensor(labels, dtype=torch.long))
+    if npz.is_file():
+        with np.load(npz, allow_pickle=False) as z:
+            return Split(z["images"], torch.as_tensor(z["labels"]).long())
+    raise LinesError(f"{d}: no '{split}' split (run the fetch stage first)")
+
+
+def class_names(fetch_dir: Path, task: str) -> list[str]:
+    summary = read_json(Path(fetch_dir) / "fetch.json")
+    try:
+        return list(summary["tasks"][task]["class_names"])
+    except KeyError:
+        raise LinesError(f"{fetch_dir}/fetch.json: task '{task}' was not fetched") from None
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise LinesError(f"{path}: missing (run the upstream stage first)") from None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(path), obj)
+
+
+def mean(xs: Any) -> float:
+    xs = list(xs)
+    return float(sum(xs) / len(xs)) if xs else float("nan")

@@ -1,0 +1,94 @@
+"""Evaluation of backbone weights on every task with that task's frozen head.
+
+The splits are prepared (tokenised / converted) once per process, so a β or γ sweep costs only
+forward passes. Accuracies are fractions in [0, 1]; normalised accuracy divides by a reference
+model's accuracy on the same split (the fine-tuned model for targets and merges, the pretrained
+model with heads for controls), as in the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lines.families import Partition
+from lines.pipeline.backbones import Backbone, Head, extract_features, load_backbone
+from lines.pipeline.common import read_split
+from lines.pipeline.training import load_head
+
+
+class Evaluator:
+    """Accuracy of a state dict on each task's ``val`` or ``test`` subset."""
+
+    def __init__(
+        self,
+        fetch_dir: Path,
+        heads_dir: Path,
+        backbone_name: str,
+        tasks: Sequence[str],
+        *,
+        limits: Mapping[str, int],
+        max_len: int = 64,
+        image_size: int = 64,
+        batch_size: int = 128,
+        seed: int = 0,
+    ):
+        self.tasks = list(tasks)
+        self.backbone: Backbone = load_backbone(
+            backbone_name, Path(fetch_dir) / "models", max_len=max_len, image_size=image_size
+        )
+        self.heads: dict[str, Head] = {t: load_head(heads_dir, t) for t in self.tasks}
+        self.batch_size = batch_size
+        self._prepared: dict[tuple[str, str], tuple[Any, torch.Tensor]] = {}
+        self._fetch_dir, self._limits, self._seed = Path(fetch_dir), dict(limits), seed
+        self.calls = 0
+
+    def _split(self, task: str, split: str) -> tuple[Any, torch.Tensor]:
+        key = (task, split)
+        if key not in self._prepared:
+            s = read_split(self._fetch_dir, task, split).subset(self._limits.get(split), self._seed)
+            self._prepared[key] = (self.backbone.prepare(s.inputs), s.labels)
+        return self._prepared[key]
+
+    def num_examples(self, task: str, split: str) -> int:
+        return len(self._split(task, split)[1])
+
+    def evaluate(
+        self, state_dict: Mapping[str, torch.Tensor], split: str, tasks: Sequence[str] | None = None
+    ) -> dict[str, float]:
+        """Top-1 accuracy per task of the backbone with weights ``state_dict``."""
+        self.backbone.load_weights(state_dict)
+        self.calls += 1
+        out = {}
+        for t in tasks or self.tasks:
+            prepared, labels = self._split(t, split)
+            feats = extract_features(self.backbone, prepared, self.batch_size)
+            with torch.inference_mode():
+                pred = self.heads[t](feats).argmax(1)
+            out[t] = float((pred == labels).float().mean())
+        return out
+
+
+def scaled_state_dict(
+    base: Mapping[str, torch.Tensor],
+    tau: Mapping[str, torch.Tensor],
+    part: Partition,
+    lambdas: Sequence[float],
+) -> dict[str, torch.Tensor]:
+    """θ = θ_0 + λ(ℓ)·τ in memory, for evaluation loops on small models (the same arithmetic as
+    ``lines.engine.apply_task_vector``, without writing a file per point of a sweep)."""
+    out = {}
+    for k, b in base.items():
+        if k in tau and b.is_floating_point():
+            out[k] = (b.float() + lambdas[part.block_of(k) - 1] * tau[k].float()).to(b.dtype)
+        else:
+            out[k] = b
+    return out
+
+
+def normalise(acc: Mapping[str, float], ref: Mapping[str, float]) -> dict[str, float]:
+    """acc / ref per task (a reference accuracy of 0 gives NaN rather than a division error)."""
+    return {t: (acc[t] / ref[t] if ref[t] > 0 else float("nan")) for t in acc}

@@ -1,0 +1,183 @@
+"""Stages ``heads`` and ``finetune``: linear probes on the pretrained features, then full
+fine-tuning of the backbone with the probe frozen (so the task vector lives in the backbone only)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lines.io import load_state_dict, save_state_dict
+from lines.pipeline.backbones import Backbone, Head, extract_features, load_backbone
+from lines.pipeline.common import class_names, read_json, read_split, seed_everything, write_json
+
+
+def fit_linear_probe(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression on standardised features, folded back into one linear
+    map on the raw features: W' = W/σ, b' = b − W'μ."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = feats.double().numpy()
+    mu, sigma = x.mean(0), x.std(0) + 1e-6
+    clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
+    clf.fit((x - mu) / sigma, labels.numpy())
+    w = clf.coef_ / sigma
+    b = clf.intercept_ - w @ mu
+    if num_classes == 2 and w.shape[0] == 1:
+        # sklearn keeps one row for binary problems: logits (−z/2, z/2) give the same argmax/softmax.
+        w = np.concatenate([-w / 2, w / 2])
+        b = np.concatenate([-b / 2, b / 2])
+    if w.shape[0] != num_classes:
+        # A class absent from the training subset: give it a -inf-like bias so it is never predicted.
+        full_w = np.zeros((num_classes, w.shape[1]))
+        full_b = np.full(num_classes, -1e4)
+        for row, cls in enumerate(clf.classes_):
+            full_w[cls], full_b[cls] = w[row], b[row]
+        w, b = full_w, full_b
+    return torch.tensor(w, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+
+
+def accuracy_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def run_heads(
+    fetch_dir: Path,
+    out_dir: Path,
+    backbone_name: str,
+    tasks: list[str],
+    *,
+    max_train: int,
+    max_val: int,
+    max_len: int = 64,
+    image_size: int = 64,
+    C: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> dict[str, Any]:
+    """Fit one frozen head per task on the pretrained features; write θ_0 in the backbone's own
+    key layout (``backbone.safetensors``) and ``heads/<task>.safetensors``."""
+    out_dir = Path(out_dir)
+    (out_dir / "heads").mkdir(parents=True, exist_ok=True)
+    bb = load_backbone(
+        backbone_name, Path(fetch_dir) / "models", max_len=max_len, image_size=image_size
+    )
+    save_state_dict(out_dir / "backbone.safetensors", bb.state_dict(), {"backbone": backbone_name})
+    summary: dict[str, Any] = {"backbone": backbone_name, "tasks": {}}
+    for task in tqdm(tasks, desc="heads", unit="task"):
+        t0 = time.perf_counter()
+        tr = read_split(fetch_dir, task, "train").subset(max_train, seed)
+        va = read_split(fetch_dir, task, "val").subset(max_val, seed)
+        names = class_names(fetch_dir, task)
+        ftr = extract_features(bb, bb.prepare(tr.inputs), batch_size)
+        fva = extract_features(bb, bb.prepare(va.inputs), batch_size)
+        w, b = fit_linear_probe(ftr, tr.labels, len(names), C=C, seed=seed)
+        save_state_dict(out_dir / "heads" / f"{task}.safetensors", {"weight": w, "bias": b})
+        summary["tasks"][task] = {
+            "num_classes": len(names),
+            "train_examples": len(tr),
+            "probe_train_acc": accuracy_from_logits(ftr @ w.T + b, tr.labels),
+            "probe_val_acc": accuracy_from_logits(fva @ w.T + b, va.labels),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+    write_json(out_dir / "heads.json", summary)
+    return summary
+
+
+def load_head(heads_dir: Path, task: str) -> Head:
+    sd = load_state_dict(Path(heads_dir) / "heads" / f"{task}.safetensors")
+    return Head(sd["weight"], sd["bias"])
+
+
+def _lr_at(step: int, total: int, warmup: int, lr: float) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def finetune(
+    fetch_dir: Path,
+    heads_dir: Path,
+    out_dir: Path,
+    backbone_name: str,
+    task: str,
+    *,
+    max_train: int,
+    max_val: int,
+    epochs: int = 2,
+    lr: float = 5e-5,
+    batch_size: int = 32,
+    weight_decay: float = 0.01,
+    warmup_frac: float = 0.1,
+    max_len: int = 64,
+    image_size: int = 64,
+    seed: int = 0,
+    data_seed: int = 0,
+) -> dict[str, Any]:
+    """Full fine-tuning of the backbone on one task with its head frozen; writes
+    ``model.safetensors`` (same keys as θ_0) and ``metrics.json``."""
+    g = seed_everything(seed)
+    bb: Backbone = load_backbone(
+        backbone_name, Path(fetch_dir) / "models", max_len=max_len, image_size=image_size
+    )
+    bb.load_weights(load_state_dict(Path(heads_dir) / "backbone.safetensors"))
+    head = load_head(heads_dir, task)
+    tr = read_split(fetch_dir, task, "train").subset(max_train, data_seed)
+    va = read_split(fetch_dir, task, "val").subset(max_val, data_seed)
+    prep_tr, prep_va = bb.prepare(tr.inputs), bb.prepare(va.inputs)
+    params = [p for p in bb.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    total = epochs * math.ceil(len(tr) / batch_size)
+    warmup = max(1, int(warmup_frac * total))
+    step, t0, losses = 0, time.perf_counter(), []
+    bar = tqdm(total=total, desc=f"finetune {task} (seed {seed})", unit="step")
+    for _ in range(epochs):
+        bb.model.train()
+        for batch in bb.batches(prep_tr, batch_size, shuffle=True, generator=g):
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, warmup, lr)
+            logits = head(bb.features(batch))
+            loss = F.cross_entropy(logits, tr.labels[batch.index])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(float(loss))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_state_dict(
+        out_dir / "model.safetensors", bb.state_dict(), {"task": task, "seed": str(seed)}
+    )
+    fva = extract_features(bb, prep_va)
+    metrics = {
+        "task": task,
+        "seed": seed,
+        "steps": step,
+        "train_examples": len(tr),
+        "final_loss": float(np.mean(losses[-10:])) if losses else float("nan"),
+        "val_acc": accuracy_from_logits(head(fva), va.labels),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def read_heads_summary(heads_dir: Path) -> dict[str, Any]:
+    return read_json(Path(heads_dir) / "heads.json")
