@@ -64,7 +64,8 @@ class Ties(MergeMethod):
         if self._majority is None:
             # First merge pass: accumulate the global majority; on exact ties (a zero sum with
             # non-zero entries) the result depends on it, so remember the key for a fix-up.
-            self._sign_sum += int(sign.sum())
+            # Count in int64: a float32 sum of more than 2^24 signs rounds and can flip the sign.
+            self._sign_sum += int(sign.sum(dtype=torch.int64))
             if bool((zero & (stacked != 0).any(0)).any()):
                 self._ambiguous.append(key)
             majority = 1.0
