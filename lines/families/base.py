@@ -29,14 +29,44 @@ BLOCK_POLICIES: tuple[str, ...] = ("reference", "depth")
 
 @dataclass(frozen=True)
 class Stack:
-    """One sequence of repeated blocks. ``pattern`` must capture the block index as group 1."""
+    """One sequence of repeated blocks. ``pattern`` captures the block index as group 1.
+
+    A pattern with several groups captures a nested index (timm's ``blocks.{stage}.{block}``):
+    the blocks are then numbered in lexicographic order of the captured tuples, and every level
+    must run contiguously from 0 under its parent. Every group must take part in every match
+    (write alternatives as non-capturing groups).
+    """
 
     name: str
     pattern: str
 
+    def index(self, key: str) -> tuple[int, ...] | None:
+        """The (possibly nested) block index of ``key`` in this stack, or None."""
+        m = re.search(self.pattern, key)
+        return tuple(int(g) for g in m.groups()) if m else None
+
     def match(self, key: str) -> int | None:
         m = re.search(self.pattern, key)
         return int(m.group(1)) if m else None
+
+
+def _missing(idxs: Iterable[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Indices absent from a stack: at every level the children of a parent must be 0..n-1."""
+    children: dict[tuple[int, ...], set[int]] = {}
+    for t in idxs:
+        for depth in range(len(t)):
+            children.setdefault(t[:depth], set()).add(t[depth])
+    gaps = [
+        parent + (i,)
+        for parent, got in children.items()
+        for i in range(max(got) + 1)
+        if i not in got
+    ]
+    return sorted(gaps)
+
+
+def _fmt(idx: tuple[int, ...]) -> str:
+    return ".".join(map(str, idx))
 
 
 @dataclass(frozen=True)
@@ -86,42 +116,49 @@ def partition(family: Family, keys: Iterable[str], policy: str = "reference") ->
             f"unknown block policy '{policy}' (choose from {', '.join(BLOCK_POLICIES)})"
         )
     keys = list(keys)
-    per_stack: list[dict[str, int]] = [{} for _ in family.stacks]
+    per_stack: list[dict[str, tuple[int, ...]]] = [{} for _ in family.stacks]
     outside: list[str] = []
     for k in keys:
         for si, stack in enumerate(family.stacks):
-            idx = stack.match(k)
+            idx = stack.index(k)
             if idx is not None:
                 per_stack[si][k] = idx
                 break
         else:
             outside.append(k)
-    offsets, total = [], 0
+    offsets: list[int] = []
+    ordinal: list[dict[tuple[int, ...], int]] = []  # per stack: index tuple -> 0-based position
+    total = 0
     for si, stack in enumerate(family.stacks):
         idxs = sorted(set(per_stack[si].values()))
-        if idxs and idxs != list(range(len(idxs))):
-            missing = sorted(set(range(idxs[-1] + 1)) - set(idxs))
+        missing = _missing(idxs)
+        if missing:
             raise LinesError(
-                f"family '{family.name}': stack '{stack.name}' has blocks {idxs[0]}..{idxs[-1]} "
-                f"but is missing block(s) {missing[:5]}"
+                f"family '{family.name}': stack '{stack.name}' has blocks "
+                f"{_fmt(idxs[0])}..{_fmt(idxs[-1])} but is missing block(s) "
+                f"{', '.join(_fmt(t) for t in missing[:5])}"
             )
         offsets.append(total)
+        ordinal.append({t: i for i, t in enumerate(idxs)})
         total += len(idxs)
     if total == 0:
         raise LinesError(f"family '{family.name}': no parameter matches any of its layer blocks")
     block: dict[str, int] = {}
     for si, assigned in enumerate(per_stack):
         for k, idx in assigned.items():
-            block[k] = offsets[si] + idx + 1
+            block[k] = offsets[si] + ordinal[si][idx] + 1
+    # The last block of each stack that is present (an absent stack has no end to close).
     stack_last = {
-        s.name: offsets[si] + len(set(per_stack[si].values())) for si, s in enumerate(family.stacks)
+        s.name: offsets[si] + len(ordinal[si])
+        for si, s in enumerate(family.stacks)
+        if ordinal[si]
     }
     for k in outside:
         if policy == "reference":
             block[k] = 1
             continue
         ends = [sname for rx, sname in family.stack_end if re.search(rx, k)]
-        if ends and stack_last.get(ends[0], 0) > 0:
+        if ends and ends[0] in stack_last:
             block[k] = stack_last[ends[0]]
         elif any(re.search(rx, k) for rx in family.output_side):
             block[k] = total
