@@ -149,9 +149,7 @@ def partition(family: Family, keys: Iterable[str], policy: str = "reference") ->
             block[k] = offsets[si] + ordinal[si][idx] + 1
     # The last block of each stack that is present (an absent stack has no end to close).
     stack_last = {
-        s.name: offsets[si] + len(ordinal[si])
-        for si, s in enumerate(family.stacks)
-        if ordinal[si]
+        s.name: offsets[si] + len(ordinal[si]) for si, s in enumerate(family.stacks) if ordinal[si]
     }
     for k in outside:
         if policy == "reference":
