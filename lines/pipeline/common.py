@@ -35,14 +35,18 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, limit: int | None, seed: int = 0) -> Split:
-        """A fixed random subset of at most ``limit`` examples (the same for every stage)."""
+    def subset(self, limit: int | None, seed: int = 0, offset: int = 0) -> Split:
+        """A fixed random subset: positions ``offset … offset+limit`` of a seeded permutation, so
+        two stages can take disjoint slices of the same split (heads vs fine-tuning)."""
         n = len(self)
-        if limit is None or limit <= 0 or limit >= n:
+        if (limit is None or limit <= 0 or limit >= n) and offset == 0:
             return self
         g = torch.Generator()
         g.manual_seed(seed)
-        idx = torch.randperm(n, generator=g)[:limit].sort().values
+        end = n if limit is None or limit <= 0 else offset + limit
+        idx = torch.randperm(n, generator=g)[offset:end].sort().values
+        if idx.numel() == 0:
+            raise LinesError(f"empty subset: offset {offset} is past the {n} examples of the split")
         if isinstance(self.inputs, list):
             inputs: Any = [self.inputs[i] for i in idx.tolist()]
         else:
@@ -71,8 +75,8 @@ def read_split(fetch_dir: Path, task: str, split: str) -> Split:
 def class_names(fetch_dir: Path, task: str) -> list[str]:
     summary = read_json(Path(fetch_dir) / "fetch.json")
     try:
-        return list(summary["tasks"][task]["class_names"])
-    except KeyError:
+        return list(summary["datasets"][task]["classes"])
+    except (KeyError, TypeError):
         raise LinesError(f"{fetch_dir}/fetch.json: task '{task}' was not fetched") from None
 
 

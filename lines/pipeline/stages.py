@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     p.add_argument("--tasks", nargs="+", required=True)
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the probes")
+    p.add_argument("--max_probe", type=int, default=1000, help="probe examples per task (disjoint from fine-tuning's)")
     p.add_argument("--out", type=Path, required=True)
 
     p = sub.add_parser("finetune", help="fine-tune the backbone on one task, head frozen")

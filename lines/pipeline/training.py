@@ -62,6 +62,7 @@ def run_heads(
     *,
     max_train: int,
     max_val: int,
+    max_probe: int = 1000,
     max_len: int = 64,
     image_size: int = 64,
     C: float = 1.0,
@@ -69,7 +70,12 @@ def run_heads(
     batch_size: int = 128,
 ) -> dict[str, Any]:
     """Fit one frozen head per task on the pretrained features; write θ_0 in the backbone's own
-    key layout (``backbone.safetensors``) and ``heads/<task>.safetensors``."""
+    key layout (``backbone.safetensors``) and ``heads/<task>.safetensors``.
+
+    The probe is fitted on training examples that fine-tuning never sees (the slice after the
+    first ``max_train`` of the seeded permutation; at most ``max_probe``), the analogue of CLIP's
+    zero-shot heads: a probe fitted on the fine-tuning examples classifies them perfectly and
+    leaves fine-tuning almost no gradient."""
     out_dir = Path(out_dir)
     (out_dir / "heads").mkdir(parents=True, exist_ok=True)
     bb = load_backbone(
@@ -79,7 +85,9 @@ def run_heads(
     summary: dict[str, Any] = {"backbone": backbone_name, "tasks": {}}
     for task in tqdm(tasks, desc="heads", unit="task"):
         t0 = time.perf_counter()
-        tr = read_split(fetch_dir, task, "train").subset(max_train, seed)
+        full = read_split(fetch_dir, task, "train")
+        offset = min(max_train, len(full) // 2)  # leave the probe at least half of a small set
+        tr = full.subset(max_probe, seed, offset=offset)
         va = read_split(fetch_dir, task, "val").subset(max_val, seed)
         names = class_names(fetch_dir, task)
         ftr = extract_features(bb, bb.prepare(tr.inputs), batch_size)
@@ -88,7 +96,7 @@ def run_heads(
         save_state_dict(out_dir / "heads" / f"{task}.safetensors", {"weight": w, "bias": b})
         summary["tasks"][task] = {
             "num_classes": len(names),
-            "train_examples": len(tr),
+            "probe_examples": len(tr),
             "probe_train_acc": accuracy_from_logits(ftr @ w.T + b, tr.labels),
             "probe_val_acc": accuracy_from_logits(fva @ w.T + b, va.labels),
             "seconds": round(time.perf_counter() - t0, 2),
