@@ -39,14 +39,22 @@ class Batch:
 
 
 class Backbone:
-    """A shared encoder: ``features(batch)`` → [B, D]. Subclasses prepare inputs."""
+    """A shared encoder: ``features(batch)`` → [B, D], L2-normalised as CLIP's image and text
+    features are, so a frozen linear head cannot be driven to huge logits by fine-tuning
+    rescaling the features. Subclasses prepare inputs."""
 
     name: str
     model: nn.Module
     feature_dim: int
+    device: torch.device = torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> Backbone:
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def load_weights(self, sd: Mapping[str, torch.Tensor]) -> None:
         missing, unexpected = self.model.load_state_dict(dict(sd), strict=False)
@@ -116,12 +124,15 @@ class TextBackbone(Backbone):
                 seq = prepared[i]
                 ids[r, : len(seq)] = torch.tensor(seq)
                 att[r, : len(seq)] = 1
-            yield Batch({"input_ids": ids, "attention_mask": att}, torch.tensor(idx))
+            yield Batch(
+                {"input_ids": ids.to(self.device), "attention_mask": att.to(self.device)},
+                torch.tensor(idx),
+            )
 
     def features(self, batch: Batch) -> torch.Tensor:
         out = self.model(**batch.inputs).last_hidden_state
         mask = batch.inputs["attention_mask"].unsqueeze(-1).to(out.dtype)
-        return (out * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return F.normalize((out * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
 
 
 class VisionBackbone(Backbone):
@@ -144,7 +155,9 @@ class VisionBackbone(Backbone):
         elif name == "efficientnet_lite0":
             from lines.pipeline.efficientnet_lite import build_efficientnet_lite0
 
-            self.model, self._trunk, self.feature_dim = build_efficientnet_lite0(weights)
+            self.model, self._trunk, self.feature_dim = build_efficientnet_lite0(
+                weights, image_size
+            )
         else:
             raise LinesError(
                 f"unknown vision backbone '{name}' (choose mobilenet_v2 or efficientnet_lite0)"
@@ -165,11 +178,11 @@ class VisionBackbone(Backbone):
     ) -> Iterator[Batch]:
         n = prepared.shape[0]
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         for s in range(0, n, batch_size):
             idx = order[s : s + batch_size]
-            x = prepared[idx].float() / 255.0
+            x = prepared[idx].to(self.device).float() / 255.0
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
             if x.shape[-1] != self.image_size:
@@ -179,18 +192,31 @@ class VisionBackbone(Backbone):
             yield Batch({"x": (x - mean) / std}, idx)
 
     def features(self, batch: Batch) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(self._trunk(batch.inputs["x"]), 1).flatten(1)
+        return F.normalize(
+            F.adaptive_avg_pool2d(self._trunk(batch.inputs["x"]), 1).flatten(1), dim=-1
+        )
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LinesError(f"device '{device}' requested but CUDA is not available")
+    return torch.device(device)
 
 
 def load_backbone(
-    name: str, models_dir: Path, *, max_len: int = 64, image_size: int = 64
+    name: str, models_dir: Path, *, max_len: int = 64, image_size: int = 64, device: str = "cpu"
 ) -> Backbone:
-    """The backbone ``name`` from the fetch stage's ``models`` folder."""
+    """The backbone ``name`` from the fetch stage's ``models`` folder, on ``device``."""
     models_dir = Path(models_dir)
+    dev = resolve_device(device)
     if name == "minilm":
-        return TextBackbone(models_dir / "minilm", max_len=max_len)
+        return TextBackbone(models_dir / "minilm", max_len=max_len).to(dev)
     if name in ("mobilenet_v2", "efficientnet_lite0"):
-        return VisionBackbone(name, models_dir / f"{name}.safetensors", image_size=image_size)
+        return VisionBackbone(name, models_dir / f"{name}.safetensors", image_size=image_size).to(
+            dev
+        )
     raise LinesError(
         f"unknown backbone '{name}' (choose minilm, mobilenet_v2 or efficientnet_lite0)"
     )
@@ -215,7 +241,7 @@ def extract_features(backbone: Backbone, prepared: Any, batch_size: int = 128) -
     n = len(prepared) if not isinstance(prepared, torch.Tensor) else prepared.shape[0]
     feats = torch.empty(n, backbone.feature_dim)
     for b in backbone.batches(prepared, batch_size):
-        feats[b.index] = backbone.features(b).float()
+        feats[b.index] = backbone.features(b).float().cpu()
     return feats
 
 

@@ -35,10 +35,15 @@ class Evaluator:
         image_size: int = 64,
         batch_size: int = 128,
         seed: int = 0,
+        device: str = "cpu",
     ):
         self.tasks = list(tasks)
         self.backbone: Backbone = load_backbone(
-            backbone_name, Path(fetch_dir) / "models", max_len=max_len, image_size=image_size
+            backbone_name,
+            Path(fetch_dir) / "models",
+            max_len=max_len,
+            image_size=image_size,
+            device=device,
         )
         self.heads: dict[str, Head] = {t: load_head(heads_dir, t) for t in self.tasks}
         self.batch_size = batch_size

@@ -269,7 +269,11 @@ def run_merge(
             grid = cfg.get(f"{name}_lambdas") or cfg["lambdas"]
             betas = cfg.get(f"{name}_betas") or cfg["betas"]
             lam, sweep_b = _select(
-                evaluator, lambda c, tau=tau: cache.theta(tau, [c] * cache.L), grid, ft_val, f"{name} λ"
+                evaluator,
+                lambda c, tau=tau: cache.theta(tau, [c] * cache.L),
+                grid,
+                ft_val,
+                f"{name} λ",
             )
             norms = man["norms"]
             alpha = auto_alpha(norms["task_vector_sum"], norms["merged_task_vector"], len(tasks))

@@ -28,6 +28,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_len", type=int, default=64, help="text: tokens per example")
     p.add_argument("--image_size", type=int, default=64, help="vision: input resolution")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
 
 
 def _data(p: argparse.ArgumentParser) -> None:
@@ -55,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     p.add_argument("--tasks", nargs="+", required=True)
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the probes")
-    p.add_argument("--max_probe", type=int, default=1000, help="probe examples per task (disjoint from fine-tuning's)")
+    p.add_argument(
+        "--max_probe",
+        type=int,
+        default=1000,
+        help="probe examples per task (disjoint from fine-tuning's)",
+    )
     p.add_argument("--out", type=Path, required=True)
 
     p = sub.add_parser("finetune", help="fine-tune the backbone on one task, head frozen")
@@ -149,6 +155,7 @@ def _evaluator(a: argparse.Namespace):  # noqa: ANN202 - internal
         max_len=a.max_len,
         image_size=a.image_size,
         seed=a.seed,
+        device=a.device,
     )
 
 
@@ -164,10 +171,12 @@ def run(a: argparse.Namespace) -> None:
             a.tasks,
             max_train=a.max_train,
             max_val=a.max_val,
+            max_probe=a.max_probe,
             max_len=a.max_len,
             image_size=a.image_size,
             C=a.C,
             seed=a.seed,
+            device=a.device,
         )
     elif a.stage == "finetune":
         tr.finetune(
@@ -186,6 +195,7 @@ def run(a: argparse.Namespace) -> None:
             max_len=a.max_len,
             image_size=a.image_size,
             seed=a.seed,
+            device=a.device,
         )
     elif a.stage == "base_eval":
         ex.run_base_eval(

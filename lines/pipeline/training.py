@@ -22,26 +22,24 @@ def fit_linear_probe(
     feats: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    C: float = 1.0,
-    max_iter: int = 1000,
+    C: float = 10.0,
+    max_iter: int = 2000,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression on standardised features, folded back into one linear
-    map on the raw features: W' = W/σ, b' = b − W'μ."""
+    """Multinomial logistic regression (L2, inverse strength ``C``) on the unit-norm features;
+    returns (W [classes, D], b [classes])."""
     from sklearn.linear_model import LogisticRegression
 
     x = feats.double().numpy()
-    mu, sigma = x.mean(0), x.std(0) + 1e-6
     clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
-    clf.fit((x - mu) / sigma, labels.numpy())
-    w = clf.coef_ / sigma
-    b = clf.intercept_ - w @ mu
-    if num_classes == 2 and w.shape[0] == 1:
-        # sklearn keeps one row for binary problems: logits (−z/2, z/2) give the same argmax/softmax.
+    clf.fit(x, labels.numpy())
+    w, b = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2 and w.shape[0] == 1:
+        # sklearn keeps one row for binary problems: logits (−z/2, z/2) give the same softmax.
         w = np.concatenate([-w / 2, w / 2])
         b = np.concatenate([-b / 2, b / 2])
-    if w.shape[0] != num_classes:
-        # A class absent from the training subset: give it a -inf-like bias so it is never predicted.
+    if len(clf.classes_) != num_classes:
+        # A class absent from the probe's examples is never predicted.
         full_w = np.zeros((num_classes, w.shape[1]))
         full_b = np.full(num_classes, -1e4)
         for row, cls in enumerate(clf.classes_):
@@ -65,9 +63,10 @@ def run_heads(
     max_probe: int = 1000,
     max_len: int = 64,
     image_size: int = 64,
-    C: float = 1.0,
+    C: float = 10.0,
     seed: int = 0,
     batch_size: int = 128,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Fit one frozen head per task on the pretrained features; write θ_0 in the backbone's own
     key layout (``backbone.safetensors``) and ``heads/<task>.safetensors``.
@@ -134,6 +133,7 @@ def finetune(
     image_size: int = 64,
     seed: int = 0,
     data_seed: int = 0,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Full fine-tuning of the backbone on one task with its head frozen; writes
     ``model.safetensors`` (same keys as θ_0) and ``metrics.json``."""
@@ -154,16 +154,22 @@ def finetune(
     bar = tqdm(total=total, desc=f"finetune {task} (seed {seed})", unit="step")
     for _ in range(epochs):
         bb.model.train()
+        # BatchNorm keeps its ImageNet statistics: batch statistics of small batches of
+        # out-of-distribution images (MNIST in an ImageNet CNN) would move every feature the
+        # frozen head reads. Its affine parameters are still fine-tuned.
+        for m in bb.model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
         for batch in bb.batches(prep_tr, batch_size, shuffle=True, generator=g):
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, warmup, lr)
             logits = head(bb.features(batch))
-            loss = F.cross_entropy(logits, tr.labels[batch.index])
+            loss = F.cross_entropy(logits, tr.labels[batch.index].to(bb.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -180,7 +186,7 @@ def finetune(
         "steps": step,
         "train_examples": len(tr),
         "final_loss": float(np.mean(losses[-10:])) if losses else float("nan"),
-        "val_acc": accuracy_from_logits(head(fva), va.labels),
+        "val_acc": accuracy_from_logits(head.cpu()(fva), va.labels),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(out_dir / "metrics.json", metrics)

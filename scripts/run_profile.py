@@ -1,0 +1,237 @@
+"""Run the pipeline's stages for a profile without DVC, in dvc.yaml's order and with the same
+command lines DVC would build (sections unpacked as ``--key value``). For machines without DVC
+(the GPU runner) and for in-process tests; `dvc repro` remains the way to run it reproducibly.
+
+    python scripts/run_profile.py profiles/vision-gpu.yaml --workdir runs/vision-gpu [--stages fetch heads ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def unpack(section: dict[str, Any]) -> list[str]:
+    """DVC's dict unpacking: ``--key value``, lists as ``--key a b``, true booleans as ``--key``."""
+    out: list[str] = []
+    for k, v in section.items():
+        if isinstance(v, bool):
+            if v:
+                out.append(f"--{k}")
+        elif isinstance(v, list):
+            out += [f"--{k}", *map(str, v)]
+        else:
+            out += [f"--{k}", str(v)]
+    return out
+
+
+def stage_commands(p: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(stage name, argv) in pipeline order; argv[0] is the module to run."""
+    c = p["common"]
+    scal = [
+        "--backbone",
+        c["backbone"],
+        "--max_len",
+        str(c["max_len"]),
+        "--image_size",
+        str(c["image_size"]),
+    ]
+    scal += [
+        "--device",
+        str(c.get("device", "cpu")),
+        "--fetch",
+        "data/fetch",
+        "--heads",
+        "out/heads",
+    ]
+    st = "lines.pipeline.stages"
+    common, data = unpack(c), unpack(p["data"])
+    evalp = [
+        "--fetch",
+        "data/fetch",
+        "--heads",
+        "out/heads",
+        "--finetune",
+        "out/finetune",
+        "--base_eval",
+        "out/eval/base.json",
+    ]
+    cmds: list[tuple[str, list[str]]] = [
+        ("fetch", ["lines.pipeline.fetch", "--suite", c["suite"], "--out", "data/fetch"])
+    ]
+    cmds.append(
+        (
+            "heads",
+            [
+                st,
+                "heads",
+                *common,
+                *data,
+                *unpack(p["heads"]),
+                "--fetch",
+                "data/fetch",
+                "--out",
+                "out/heads",
+            ],
+        )
+    )
+    for t in c["tasks"]:
+        cmds.append(
+            (
+                f"finetune@{t}",
+                [
+                    st,
+                    "finetune",
+                    *data,
+                    *unpack(p["finetune"]),
+                    "--task",
+                    t,
+                    *scal,
+                    "--seed",
+                    str(c["seed"]),
+                    "--out",
+                    f"out/finetune/{t}",
+                ],
+            )
+        )
+    for s in p["soups"]["seeds"]:
+        cmds.append(
+            (
+                f"finetune_seed@{s}",
+                [
+                    st,
+                    "finetune",
+                    *data,
+                    *unpack(p["finetune"]),
+                    "--task",
+                    p["soups"]["task"],
+                    *scal,
+                    "--seed",
+                    str(s),
+                    "--out",
+                    f"out/finetune_seeds/{s}",
+                ],
+            )
+        )
+    cmds.append(
+        (
+            "base_eval",
+            [
+                st,
+                "base_eval",
+                *common,
+                *data,
+                "--fetch",
+                "data/fetch",
+                "--heads",
+                "out/heads",
+                "--finetune",
+                "out/finetune",
+                "--out",
+                "out/eval/base.json",
+            ],
+        )
+    )
+    cmds.append(
+        ("edit", [st, "edit", *common, *data, *unpack(p["edit"]), *evalp, "--out", "out/edit"])
+    )
+    cmds.append(
+        ("merge", [st, "merge", *common, *data, *unpack(p["merge"]), *evalp, "--out", "out/merge"])
+    )
+    cmds.append(
+        (
+            "soups",
+            [
+                st,
+                "soups",
+                *common,
+                *data,
+                *unpack(p["soups"]),
+                "--finetune_seeds",
+                "out/finetune_seeds",
+                *evalp,
+                "--out",
+                "out/soups",
+            ],
+        )
+    )
+    cmds.append(
+        (
+            "wiseft",
+            [st, "wiseft", *common, *data, *unpack(p["wiseft"]), *evalp, "--out", "out/wiseft"],
+        )
+    )
+    cmds.append(
+        (
+            "report",
+            [
+                st,
+                "report",
+                "--suite",
+                c["suite"],
+                "--backbone",
+                c["backbone"],
+                "--heads",
+                "out/heads",
+                "--base_eval",
+                "out/eval/base.json",
+                "--edit",
+                "out/edit",
+                "--merge",
+                "out/merge",
+                "--soups",
+                "out/soups",
+                "--wiseft",
+                "out/wiseft",
+                "--out",
+                "out/report",
+            ],
+        )
+    )
+    return cmds
+
+
+def run(profile: Path, workdir: Path, stages: list[str] | None = None) -> dict[str, float]:
+    """Run the stages in-process (one interpreter, so imports are paid once); return seconds per stage."""
+    import importlib
+
+    params = yaml.safe_load(Path(profile).read_text())
+    workdir.mkdir(parents=True, exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    times: dict[str, float] = {}
+    try:
+        for name, argv in stage_commands(params):
+            if stages and name.split("@")[0] not in stages:
+                continue
+            mod = importlib.import_module(argv[0])
+            t0 = time.perf_counter()
+            rc = mod.main(argv[1:])
+            times[name] = round(time.perf_counter() - t0, 1)
+            if rc:
+                raise SystemExit(f"stage {name} failed with exit {rc}")
+    finally:
+        os.chdir(cwd)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("profile", type=Path)
+    ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--stages", nargs="+", default=None)
+    a = ap.parse_args()
+    times = run(a.profile.resolve(), a.workdir, a.stages)
+    print("stage seconds:", times, "total", round(sum(times.values()), 1), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
