@@ -44,7 +44,11 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
         help="where parameters outside the layer blocks go: 'reference' (all get block 1's factor, "
         "as the reference implementation) or 'depth' (embeddings first, final norm/head last)",
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda or auto (default: auto = cuda when available, else cpu)",
+    )
     p.add_argument(
         "--dtype",
         default=None,
@@ -234,7 +238,7 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "overwrite": args.overwrite,
         "device": args.device,
         "out_dtype": args.dtype,
-        "progress": not args.no_progress,
+        "progress": not args.no_progress and sys.stderr.isatty(),
         "hash_inputs": not args.no_hash,
     }
 

@@ -4,7 +4,10 @@ Merging N checkpoints never holds N models. For each tensor the engine reads θ_
 fine-tuned tensors, forms τ_i = θ_i − θ_0 (floating tensors only; integer buffers pass through
 from θ_0), lets the method merge them, scales the result per block and writes it straight into a
 streaming safetensors file. Methods that need whole-vector statistics get extra streaming passes
-first. Peak memory is about one tensor per input plus the method's working set for that tensor.
+first. Element-wise methods (``is_elementwise``) are fed large tensors in flat slices of at most
+``WORKING_SET_BYTES / (N + 1)`` bytes per input, so peak memory is a few times
+``WORKING_SET_BYTES`` whatever N or the largest tensor (MiniLM's word embedding is half the
+model); the other methods (DARE, per-tensor trims) hold one whole tensor per input.
 
 With LiNeS's automatic α = (1/N)‖τ_sum‖/‖τ_MTL‖ the norms are only known after the merge, so the
 merged task vector is streamed to a file first and θ = θ_0 + λ(ℓ)τ_MTL is produced by a second,
@@ -18,6 +21,7 @@ import json
 import os
 import platform
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +44,9 @@ from lines.io import (
     write_json_atomic,
 )
 from lines.merging import MergeMethod
+from lines.merging.base import TaskVectors, stacked
 from lines.merging.methods.wise_ft import WiseFT
+from lines.readahead import ReadAhead, Unit, check_finite
 from lines.scaling import (
     NormKind,
     Scaling,
@@ -53,6 +59,48 @@ from lines.scaling import (
 
 PathLike = str | os.PathLike[str]
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# float32 bytes of one slice of every input together (θ_0 and the N fine-tuned checkpoints).
+# The methods' temporaries (stacks, masks, trimmed copies) are a small multiple of it.
+WORKING_SET_BYTES = 4 << 20
+_MIN_SLICE = 1 << 16
+
+# Methods whose merge_tensor/observe treat every entry independently given the statistics of the
+# passes (global thresholds), so a tensor may be fed to them in slices. A method can declare this
+# itself with an ``elementwise`` attribute; DARE (its masks are drawn per whole tensor) and the
+# per-tensor trims (their threshold is per whole tensor) are not element-wise.
+_ELEMENTWISE = {"task_arithmetic", "uniform_soup", "wise_ft", "rewarded_soup", "consensus"}
+_ELEMENTWISE_IF_GLOBAL = {"ties", "magnitude_prune"}
+
+
+def is_elementwise(method: MergeMethod) -> bool:
+    declared = getattr(method, "elementwise", None)
+    if declared is not None:
+        return bool(declared)
+    if method.name in _ELEMENTWISE:
+        return True
+    if method.name in _ELEMENTWISE_IF_GLOBAL:
+        return getattr(method, "scope", None) == "global" or getattr(method, "density", 0) >= 1
+    return False
+
+
+def _spans(numel: int, size: int | None) -> list[tuple[int, int] | None]:
+    """Flat [start, stop) slices of a tensor, or [None] (the whole tensor, in its shape)."""
+    if size is None or numel <= size:
+        return [None]
+    return [(s, min(s + size, numel)) for s in range(0, numel, size)]
+
+
+def _read(ck: Checkpoint, key: str, span: tuple[int, int] | None) -> torch.Tensor:
+    return ck.get(key) if span is None else ck.get_flat(key, *span)
+
+
+def _sum(ts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ ts with one accumulator (``torch.stack(ts).sum(0)`` would hold N more copies)."""
+    out = ts[0].clone()
+    for t in ts[1:]:
+        out += t
+    return out
 
 
 def resolve_device(device: str) -> torch.device:
@@ -95,10 +143,32 @@ def check_compatible(base: Checkpoint, others: Sequence[Checkpoint]) -> None:
 
 
 def _checked(ck: Checkpoint, key: str, t: torch.Tensor) -> torch.Tensor:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
-        raise LinesError(f"{ck.path}: {kind} in tensor '{key}'")
+    check_finite(ck, key, t)
     return t
+
+
+def _norm_part(t: torch.Tensor, kind: NormKind) -> torch.Tensor:
+    """One slice's contribution to a whole-vector norm, accumulated in float64, as a 0-d tensor
+    on the slice's device (no host synchronisation per slice). ``vector_norm`` with a float64
+    dtype does the L1 sum without an |t| temporary, about twice as fast as abs().sum()."""
+    if kind == "l1":
+        return torch.linalg.vector_norm(t, 1, dtype=torch.float64)
+    return torch.as_tensor(tensor_norm_contrib(t, kind), dtype=torch.float64)
+
+
+def _prehash(cks: Sequence[Checkpoint]) -> Callable[[], None]:
+    """Start the inputs' sha256 in a background thread (file reads and hashlib release the GIL,
+    so it overlaps the merge); the returned function waits for it. ``Checkpoint.sha256`` caches
+    its digest, so the manifest then reads it for free."""
+    pool = ThreadPoolExecutor(max(1, min(4, (os.cpu_count() or 2) // 4)), "lines-hash")
+    futs: list[Future[str]] = [pool.submit(ck.sha256) for ck in cks]
+    pool.shutdown(wait=False)
+
+    def wait() -> None:
+        for f in futs:
+            f.result()
+
+    return wait
 
 
 @dataclass
@@ -111,31 +181,96 @@ class TaskVectorStream:
     partition: Partition
     pre_lambdas: list[float] | None = None  # LiNeS on each τ_i before merging
     progress: bool = True
+    sliced: bool = False  # feed large tensors in flat slices (element-wise methods only)
     float_keys: list[str] = field(init=False)
+    slice_numel: int | None = field(init=False)
+    _reader: ReadAhead | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.float_keys = [k for k in self.base.keys() if self.base.info(k).dtype.is_floating_point]
+        per_input = WORKING_SET_BYTES // (4 * (len(self.finetuned) + 1))
+        self.slice_numel = max(_MIN_SLICE, per_input) if self.sliced else None
+
+    def spans(self, key: str) -> list[tuple[int, int] | None]:
+        return _spans(self.base.info(key).numel, self.slice_numel)
 
     def total_entries(self) -> int:
         return sum(self.base.info(k).numel for k in self.float_keys)
 
-    def read(self, key: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(θ_0[key] as float32 on the device, [τ_i[key]])."""
-        b = _checked(self.base, key, self.base.get(key)).to(self.device).float()
-        taus = []
-        for ck in self.finetuned:
-            t = _checked(ck, key, ck.get(key)).to(self.device).float() - b
+    def units(self) -> list[Unit]:
+        """Every (key, span) of one pass, in the order the passes read them."""
+        return [(k, s) for k in self.float_keys for s in self.spans(k)]
+
+    def read(
+        self, key: str, span: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(θ_0[key] as float32 on the device, [τ_i[key]]); with ``span`` that flat slice only.
+
+        The inputs come from a read-ahead (the next units are read, checked for NaN/Inf once and
+        moved to the device while this one is computed); the τ_i are the rows of one (N, …)
+        float32 tensor (``TaskVectors``), each written once by a subtraction."""
+        if self._reader is None:
+            self._reader = ReadAhead([self.base, *self.finetuned], self.units(), self.device)
+        raw = self._reader.get((key, span))
+        b = raw[0].float()
+        x = torch.empty((len(raw) - 1, *b.shape), dtype=torch.float32, device=b.device)
+        for i, t in enumerate(raw[1:]):
+            torch.sub(t, b, out=x[i])
+        del raw
+        if self.pre_lambdas is not None:
+            x.mul_(self.pre_lambdas[self.partition.block_of(key) - 1])
+        return b, TaskVectors(x)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def sample(self, per_vector: int, window: int = 1024) -> Iterator[tuple[str, TaskVectors]]:
+        """About ``per_vector`` entries of every task vector, in evenly spaced windows of every
+        floating tensor, each tensor's share proportional to its size: small reads, a tiny
+        fraction of one pass. Yields (key, task vectors of the concatenated windows)."""
+        rate = min(1.0, per_vector / max(self.total_entries(), 1))
+        for key in self.float_keys:
+            n = self.base.info(key).numel
+            want = round(n * rate)
+            if want == 0:
+                continue
+            nwin = -(-want // window)
+            size = -(-want // nwin)
+            starts = [round(j * (n - size) / max(nwin - 1, 1)) for j in range(nwin)]
+            cks = [self.base, *self.finetuned]
+            raw = [torch.cat([ck.get_flat(key, a, a + size) for a in starts]) for ck in cks]
+            b = raw[0].to(self.device).float()
+            x = torch.empty((len(cks) - 1, b.numel()), dtype=torch.float32, device=b.device)
+            for i, t in enumerate(raw[1:]):
+                torch.sub(t.to(self.device), b, out=x[i])
             if self.pre_lambdas is not None:
-                t = t * self.pre_lambdas[self.partition.block_of(key) - 1]
-            taus.append(t)
-        return b, taus
+                x.mul_(self.pre_lambdas[self.partition.block_of(key) - 1])
+            yield key, TaskVectors(x)
 
     def iterate(self, desc: str) -> Iterator[tuple[str, torch.Tensor, list[torch.Tensor]]]:
         for key in tqdm(
             self.float_keys, desc=desc, unit="tensor", disable=not self.progress, leave=False
         ):
-            b, taus = self.read(key)
-            yield key, b, taus
+            for span in self.spans(key):
+                b, taus = self.read(key, span)
+                yield key, b, taus
+
+
+def _statistics(stream: TaskVectorStream, method: MergeMethod) -> None:
+    """The method's statistics passes, after the sample it asks for; a pass the earlier ones
+    made unnecessary (``needs_pass``) is skipped."""
+    if method.stats_passes and method.stats_sample:
+        for key, taus in stream.sample(method.stats_sample):
+            method.observe(-1, key, taus)
+        method.end_pass(-1)
+    for p in range(method.stats_passes):
+        if not method.needs_pass(p):
+            continue
+        for key, _, taus in stream.iterate(f"statistics pass {p + 1}/{method.stats_passes}"):
+            method.observe(p, key, taus)
+        method.end_pass(p)
 
 
 def _out_info(info: TensorInfo, out_dtype: torch.dtype | None) -> TensorInfo:
@@ -166,9 +301,12 @@ def _base_manifest(kind: str) -> dict[str, Any]:
     }
 
 
-def _finish(plan: OutputPlan, manifest: dict[str, Any], hash_output: bool) -> dict[str, Any]:
+def _finish(
+    plan: OutputPlan, manifest: dict[str, Any], hash_output: bool, sha: str | None = None
+) -> dict[str, Any]:
+    """``sha``: the output's sha256 as computed while writing it (saves reading it back)."""
     if hash_output:
-        manifest["output"]["sha256"] = sha256_file(plan.weights)
+        manifest["output"]["sha256"] = sha or sha256_file(plan.weights)
     write_json_atomic(plan.manifest, manifest)
     plan.finalize()
     return manifest
@@ -217,23 +355,27 @@ def merge_checkpoints(
         check_compatible(base, fts)
         part = partition_keys(base.keys(), family, block_policy)
         inputs = [pretrained, *finetuned]
-        plan = plan_output(out, inputs, overwrite, copy_from=Path(pretrained))
         tv_target = Path(save_task_vector) if save_task_vector is not None else None
         if tv_target is not None:
-            plan_output(tv_target, inputs, overwrite)  # validation only (a .safetensors file)
+            # Validate before the output is planned: a folder output's staging folder would leak.
             if tv_target.suffix != ".safetensors":
                 raise LinesError(f"{tv_target}: --save-task-vector must be a .safetensors file")
+            if tv_target.resolve() == Path(out).resolve():
+                raise LinesError(f"{tv_target}: --save-task-vector must differ from --out")
+            plan_output(tv_target, inputs, overwrite)  # validation only (a .safetensors file)
+        plan = plan_output(out, inputs, overwrite, copy_from=Path(pretrained))
+        hashed = _prehash([base, *fts]) if hash_inputs else None
         try:
             pre_l = lines_lambdas(part.num_blocks, *pre_lines) if pre_lines is not None else None
-            stream = TaskVectorStream(base, fts, dev, part, pre_l, progress)
+            stream = TaskVectorStream(
+                base, fts, dev, part, pre_l, progress, sliced=is_elementwise(method)
+            )
+            stack.callback(stream.close)
             method.begin(len(fts), stream.total_entries(), dev)
-            for p in range(method.stats_passes):
-                for key, _, taus in stream.iterate(
-                    f"statistics pass {p + 1}/{method.stats_passes}"
-                ):
-                    method.observe(p, key, taus)
-                method.end_pass(p)
+            _statistics(stream, method)
 
+            if hashed is not None:
+                hashed()
             manifest = _base_manifest("merge")
             manifest.update(
                 {
@@ -250,17 +392,43 @@ def merge_checkpoints(
                     **(extra_manifest or {}),
                 }
             )
-            two_phase = scaling.needs_norms or tv_target is not None
+            # τ_MTL = Σ τ_i (task arithmetic): the automatic α is 1/N before any norm is known,
+            # so θ is written in one pass (no τ file); the norms are still measured on the way.
+            sum_alpha = (
+                1.0 / len(fts)
+                if scaling.needs_norms and tv_target is None and method.merged_is_sum()
+                else None
+            )
+            two_phase = (scaling.needs_norms or tv_target is not None) and sum_alpha is None
             if not two_phase:
-                lambdas = scaling.lambdas(part.num_blocks)
-                _merge_direct(stream, method, part, lambdas, plan, odt, progress)
-                manifest["scaling"] = {**scaling.describe(), "lambdas": lambdas}
-                return _finish(plan, manifest, hash_output=True)
+                lambdas = scaling.lambdas(part.num_blocks, sum_alpha)
+                norms, sha = _merge_direct(
+                    stream, method, part, lambdas, plan, odt, progress,
+                    norm=scaling.norm if sum_alpha is not None else None,
+                )
+                if norms is None:
+                    manifest["scaling"] = {**scaling.describe(), "lambdas": lambdas}
+                else:
+                    manifest["scaling"] = {
+                        **scaling.describe(),
+                        "alpha_value": sum_alpha,
+                        "lambdas": lambdas,
+                    }
+                    manifest["norms"] = {
+                        "kind": scaling.norm,
+                        "task_vector_sum": norms.norm_sum,
+                        "merged_task_vector": norms.norm_mtl,
+                    }
+                return _finish(plan, manifest, hash_output=True, sha=sha)
 
             tau_path = tv_target or plan.weights.with_name(
                 f".{plan.weights.name}.tau.tmp.safetensors"
             )
-            rep = _merge_to_task_vector(stream, method, tau_path, scaling.norm, manifest, progress)
+            rep = _merge_to_task_vector(
+                stream, method, tau_path, scaling.norm, manifest, progress,
+                durable=tv_target is not None,
+            )
+            stream.close()
             alpha = (
                 auto_alpha(rep.norm_sum, rep.norm_mtl, len(fts))
                 if scaling.needs_norms
@@ -269,7 +437,7 @@ def merge_checkpoints(
             lambdas = scaling.lambdas(part.num_blocks, alpha)
             try:
                 with open_checkpoint(tau_path) as tau_ck:
-                    _apply(base, tau_ck, part, lambdas, plan, odt, dev, progress)
+                    sha = _apply(base, tau_ck, part, lambdas, plan, odt, dev, progress)
             finally:
                 if tv_target is None:
                     tau_path.unlink(missing_ok=True)
@@ -281,7 +449,7 @@ def merge_checkpoints(
             }
             if tv_target is not None:
                 manifest["task_vector_file"] = str(tv_target)
-            return _finish(plan, manifest, hash_output=True)
+            return _finish(plan, manifest, hash_output=True, sha=sha)
         except BaseException:
             plan.discard()
             raise
@@ -319,13 +487,16 @@ def build_task_vector(
         check_compatible(base, fts)
         part = partition_keys(base.keys(), family, block_policy)
         plan = plan_output(out, [pretrained, *finetuned], overwrite)
+        hashed = _prehash([base, *fts]) if hash_inputs else None
         pre_l = lines_lambdas(part.num_blocks, *pre_lines) if pre_lines is not None else None
-        stream = TaskVectorStream(base, fts, dev, part, pre_l, progress)
+        stream = TaskVectorStream(
+            base, fts, dev, part, pre_l, progress, sliced=is_elementwise(method)
+        )
+        stack.callback(stream.close)
         method.begin(len(fts), stream.total_entries(), dev)
-        for p in range(method.stats_passes):
-            for key, _, taus in stream.iterate(f"statistics pass {p + 1}/{method.stats_passes}"):
-                method.observe(p, key, taus)
-            method.end_pass(p)
+        _statistics(stream, method)
+        if hashed is not None:
+            hashed()
         manifest = _base_manifest("task_vector")
         manifest.update(
             {
@@ -355,9 +526,13 @@ def _merge_direct(
     plan: OutputPlan,
     odt: torch.dtype | None,
     progress: bool,
-) -> None:
+    norm: NormKind | None = None,
+) -> tuple[MergeReport | None, str | None]:
+    """θ = θ_0 + λ(ℓ)·τ_MTL in one pass. With ``norm`` (only for methods whose τ_MTL is Σ τ_i)
+    also measure ‖τ_MTL‖ = ‖τ_sum‖; a zero merged task vector is refused before the commit."""
     base = stream.base
     specs = [(k, _out_info(base.info(k), odt)) for k in base.keys()]
+    contrib: dict[str, float] | None = {} if norm is not None else None
     with SafetensorsWriter(
         plan.weights, specs, {"format": "pt", "producer": f"lines {__version__}"}
     ) as w:
@@ -365,15 +540,23 @@ def _merge_direct(
         for key in tqdm(
             base.keys(), desc="merge", unit="tensor", disable=not progress, leave=False
         ):
-            w.write(
-                key,
-                _theta(stream, method, part, lambdas, key, odt)
-                if key in float_set
-                else base.get(key),
+            if key in float_set:
+                w.write_parts(
+                    key, _theta(stream, method, part, lambdas, key, odt, contrib, norm or "l1")
+                )
+            else:
+                w.write(key, base.get(key))
+        for key in dict.fromkeys(method.fixup_keys()):
+            w.rewrite_parts(
+                key, _theta(stream, method, part, lambdas, key, odt, contrib, norm or "l1")
             )
-        for key in method.fixup_keys():
-            w.rewrite(key, _theta(stream, method, part, lambdas, key, odt))
+        rep = None
+        if norm is not None and contrib is not None:
+            total = finish_norm(sum(contrib.values()), norm)
+            rep = MergeReport(norm_sum=total, norm_mtl=total)
+            auto_alpha(total, total, len(stream.finetuned))  # refuses τ_MTL = 0
         w.commit()
+    return rep, w.sha256()
 
 
 def _theta(
@@ -383,11 +566,23 @@ def _theta(
     lambdas: list[float],
     key: str,
     odt: torch.dtype | None,
-) -> torch.Tensor:
-    b, taus = stream.read(key)
-    tau = method.merge_tensor(key, taus)
-    theta = b + lambdas[part.block_of(key) - 1] * tau
-    return theta.to(odt or stream.base.info(key).dtype).cpu()
+    contrib: dict[str, float] | None = None,
+    norm: NormKind = "l1",
+) -> Iterator[torch.Tensor]:
+    """θ_0 + λ(ℓ)·τ_MTL for ``key``, slice by slice; with ``contrib``, record ‖τ_MTL[key]‖'s
+    share (set per key, so a fix-up replaces it)."""
+    lam = lambdas[part.block_of(key) - 1]
+    dtype = odt or stream.base.info(key).dtype
+    acc = torch.zeros((), dtype=torch.float64, device=stream.device)
+    for span in stream.spans(key):
+        b, taus = stream.read(key, span)
+        tau = method.merge_tensor(key, taus)
+        del taus
+        if contrib is not None:
+            acc += _norm_part(tau, norm)
+        yield (b + lam * tau).to(dtype).cpu()
+    if contrib is not None:
+        contrib[key] = float(acc)
 
 
 def _merge_to_task_vector(
@@ -397,19 +592,31 @@ def _merge_to_task_vector(
     norm: NormKind,
     manifest: dict[str, Any],
     progress: bool,
+    durable: bool = True,
 ) -> MergeReport:
-    """Stream τ_MTL (float32, floating keys) into ``tau_path`` and measure ‖τ_sum‖ and ‖τ_MTL‖."""
+    """Stream τ_MTL (float32, floating keys) into ``tau_path`` and measure ‖τ_sum‖ and ‖τ_MTL‖.
+    ``durable=False`` for a scratch τ file (read back at once, then deleted): no fsync."""
     base = stream.base
     specs = [(k, TensorInfo(base.info(k).shape, torch.float32)) for k in stream.float_keys]
     contrib_sum: dict[str, float] = {}
     contrib_mtl: dict[str, float] = {}
+    is_sum = method.merged_is_sum()
 
-    def one(key: str) -> torch.Tensor:
-        _, taus = stream.read(key)
-        merged = method.merge_tensor(key, taus)
-        contrib_sum[key] = tensor_norm_contrib(torch.stack(taus).sum(0), norm)
-        contrib_mtl[key] = tensor_norm_contrib(merged, norm)
-        return merged.cpu()
+    def one(key: str) -> Iterator[torch.Tensor]:
+        # Norm contributions are set per key once all its slices are merged, so a fix-up merge
+        # of a key replaces (does not add to) its first contribution.
+        c_sum = torch.zeros((), dtype=torch.float64, device=stream.device)
+        c_mtl = torch.zeros((), dtype=torch.float64, device=stream.device)
+        for span in stream.spans(key):
+            _, taus = stream.read(key, span)
+            merged = method.merge_tensor(key, taus)
+            part_mtl = _norm_part(merged, norm)
+            c_mtl += part_mtl
+            c_sum += part_mtl if is_sum else _norm_part(stacked(taus).sum(0), norm)
+            del taus
+            yield merged.float().cpu()
+        contrib_sum[key] = float(c_sum)
+        contrib_mtl[key] = float(c_mtl)
 
     meta = {
         "format": "pt",
@@ -429,9 +636,9 @@ def _merge_to_task_vector(
         for key in tqdm(
             stream.float_keys, desc="merge", unit="tensor", disable=not progress, leave=False
         ):
-            w.write(key, one(key))
-        for key in method.fixup_keys():
-            w.rewrite(key, one(key))
+            w.write_parts(key, one(key))
+        for key in dict.fromkeys(method.fixup_keys()):
+            w.rewrite_parts(key, one(key))
         rep = MergeReport(
             norm_sum=finish_norm(sum(contrib_sum.values()), norm),
             norm_mtl=finish_norm(sum(contrib_mtl.values()), norm),
@@ -442,7 +649,7 @@ def _merge_to_task_vector(
                 {"kind": norm, "task_vector_sum": rep.norm_sum, "merged_task_vector": rep.norm_mtl}
             ),
         )
-        w.commit()
+        w.commit(durable=durable)
     return rep
 
 
@@ -455,30 +662,43 @@ def _apply(
     odt: torch.dtype | None,
     dev: torch.device,
     progress: bool,
-) -> None:
-    """θ = θ_0 + λ(ℓ)·τ, one scaled add per tensor; keys absent from τ pass through from θ_0."""
+) -> str | None:
+    """θ = θ_0 + λ(ℓ)·τ, one scaled add per slice; keys absent from τ pass through from θ_0.
+    Returns the output's sha256 (computed while writing)."""
     specs = [(k, _out_info(base.info(k), odt)) for k in base.keys()]
     tau_keys = set(tau.keys())
-    with SafetensorsWriter(
-        plan.weights, specs, {"format": "pt", "producer": f"lines {__version__}"}
-    ) as w:
+    slice_numel = max(_MIN_SLICE, WORKING_SET_BYTES // 8)
+    scaled_keys = [
+        k for k in base.keys() if k in tau_keys and base.info(k).dtype.is_floating_point
+    ]
+    order = [(k, s) for k in scaled_keys for s in _spans(base.info(k).numel, slice_numel)]
+
+    def scaled(key: str) -> Iterator[torch.Tensor]:
+        lam = lambdas[part.block_of(key) - 1]
+        dtype = odt or base.info(key).dtype
+        for span in _spans(base.info(key).numel, slice_numel):
+            b, t = reader.get((key, span))  # read ahead, checked for NaN/Inf, on the device
+            yield (b.float() + lam * t.float()).to(dtype).cpu()
+
+    with (
+        ReadAhead([base, tau], order, dev) as reader,
+        SafetensorsWriter(
+            plan.weights, specs, {"format": "pt", "producer": f"lines {__version__}"}
+        ) as w,
+    ):
         for key in tqdm(
             base.keys(), desc="apply", unit="tensor", disable=not progress, leave=False
         ):
-            b = _checked(base, key, base.get(key))
-            if key in tau_keys and b.is_floating_point():
-                t = tau.get(key)
-                if tuple(t.shape) != tuple(b.shape):
+            if key in tau_keys and base.info(key).dtype.is_floating_point:
+                if tau.info(key).shape != base.info(key).shape:
                     raise LinesError(
                         f"{tau.path}: shape mismatch at '{key}' with the pretrained checkpoint"
                     )
-                theta = (
-                    b.to(dev).float()
-                    + lambdas[part.block_of(key) - 1] * _checked(tau, key, t).to(dev).float()
-                )
-                b = theta.to(odt or base.info(key).dtype).cpu()
-            w.write(key, b)
+                w.write_parts(key, scaled(key))
+            else:
+                w.write(key, _checked(base, key, base.get(key)))
         w.commit()
+    return w.sha256()
 
 
 def _parse_dtype(name: str | None) -> torch.dtype | None:
@@ -540,7 +760,10 @@ def apply_task_vector(
                     )
                 alpha = auto_alpha(norms["task_vector_sum"], norms["merged_task_vector"], int(n))
             lambdas = scaling.lambdas(part.num_blocks, alpha)
-            _apply(base, tau, part, lambdas, plan, odt, dev, progress)
+            hashed = _prehash([base, tau]) if hash_inputs else None
+            sha = _apply(base, tau, part, lambdas, plan, odt, dev, progress)
+            if hashed is not None:
+                hashed()
             manifest = _base_manifest("apply")
             manifest.update(
                 {
@@ -563,7 +786,7 @@ def apply_task_vector(
                     "output": {"path": str(plan.out), "dtype": out_dtype or "as pretrained"},
                 }
             )
-            return _finish(plan, manifest, hash_output=True)
+            return _finish(plan, manifest, hash_output=True, sha=sha)
         except BaseException:
             plan.discard()
             raise

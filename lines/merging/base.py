@@ -10,6 +10,7 @@ LiNeS and the uniform coefficient are applied by the engine afterwards: θ = θ_
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -29,6 +30,9 @@ class MergeMethod(ABC):
     reference: ClassVar[str]
     min_models: ClassVar[int] = 2
     stats_passes: ClassVar[int] = 0
+    # Entries per task vector the method wants to see, as evenly spread windows of every tensor,
+    # before its statistics passes (``observe``/``end_pass`` with pass_idx = -1); 0 = none.
+    stats_sample: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -58,9 +62,19 @@ class MergeMethod(ABC):
     def end_pass(self, pass_idx: int) -> None:  # noqa: B027
         """Called after every tensor went through ``observe`` in pass ``pass_idx``."""
 
+    def needs_pass(self, pass_idx: int) -> bool:
+        """False when the statistics of the earlier passes already settled pass ``pass_idx``
+        (TIES's radix select usually finishes in one pass): the engine skips it."""
+        return True
+
     @abstractmethod
     def merge_tensor(self, key: str, taus: Sequence[torch.Tensor]) -> torch.Tensor:
         """τ_MTL for one tensor from the N task vectors of that tensor (float32)."""
+
+    def merged_is_sum(self) -> bool:
+        """True when τ_MTL = Σ τ_i exactly: then ‖τ_sum‖ = ‖τ_MTL‖, the automatic LiNeS α is 1/N
+        and the engine needs no separate norm pass."""
+        return False
 
     def fixup_keys(self) -> list[str]:
         """Keys whose merged value depends on a statistic known only after the merge pass; the
@@ -89,6 +103,22 @@ def check_fraction(name: str, v: float, *, low_open: bool = True, high_closed: b
 
 # ----------------------------------------------------------------------------------------------
 # Primitives (pure, separately tested)
+
+
+class TaskVectors(list):
+    """The N task vectors of one tensor (or slice) as row views of one (N, …) tensor, which the
+    engine builds anyway: ``stacked(taus)`` then costs nothing. Still a plain list of tensors."""
+
+    def __init__(self, stacked: torch.Tensor):
+        super().__init__(stacked.unbind(0))
+        self.stacked = stacked
+
+
+def stacked(taus: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(taus)``, without the copy when the engine passed a ``TaskVectors``.
+    The result may share memory with ``taus``: do not modify it in place."""
+    s = getattr(taus, "stacked", None)
+    return s if s is not None else torch.stack(list(taus))
 
 
 def kth_threshold(abs_values: torch.Tensor, density: float) -> float:
@@ -121,51 +151,201 @@ def disjoint_mean(trimmed: Sequence[torch.Tensor], sign: torch.Tensor) -> torch.
     return selected.sum(0) / count
 
 
+def disjoint_mean_stacked(x: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """``disjoint_mean`` on an (N, …) stack, bit for bit, in fewer passes: with s = +1 where
+    ``sign`` > 0 and −1 elsewhere, the selected entries are those with s·x > 0, so
+    Σ selected = s·Σ max(s·x, 0) (negation is exact) and the count is #(s·x > 0)."""
+    s = torch.where(sign > 0, 1.0, -1.0).to(x.dtype)
+    y = (x * s).clamp_(min=0)
+    count = (y > 0).sum(0).clamp_(min=1)
+    return y.sum(0).mul_(s) / count
+
+
 def float_bits(abs_values: torch.Tensor) -> torch.Tensor:
     """Order-preserving int32 view of non-negative float32 values."""
     return abs_values.float().contiguous().view(torch.int32)
 
 
-class RadixSelect:
-    """Exact k-th smallest of a stream of non-negative float32 values, in two streaming passes
-    over the data, never holding more than one chunk: pass 0 histograms the high 16 bits of the
-    (order-preserving) bit pattern, pass 1 histograms the low 16 bits inside the one high bucket
-    that holds the k-th value. Equals ``torch.kthvalue`` over the concatenation, ties included."""
+class MultiRadixSelect:
+    """Exact k-th smallest of each row of a stream of non-negative float32 (R, n) blocks, in two
+    streaming passes, never holding more than one block: pass 0 histograms the high 16 bits of
+    the (order-preserving) bit patterns, pass 1 histograms the low 16 bits inside the one high
+    bucket that holds each row's k-th value. Equals ``torch.kthvalue`` over each row's
+    concatenation, ties included.
 
-    def __init__(self, total: int, k: int, device: torch.device | str = "cpu"):
-        self.total, self.k = total, k
+    All R rows (the N task vectors of TIES) share one ``bincount`` per block and pass, with the
+    row index in the bucket's top bits, instead of R calls; pass 1 only touches the few entries
+    that fall in a boundary bucket (``index_add_``, no full-size histogram per block).
+
+    One pass instead of two: given a sample of each row first (``observe(-1, …)``, e.g. evenly
+    spread windows of every tensor), a bracket of high buckets around the sample's k-th value is
+    chosen and pass 0 also keeps every entry whose bucket lies in it. When the exact bucket found
+    by pass 0's histogram lies in the bracket, which is the rule, the k-th value is selected among
+    those kept entries and pass 1 is skipped (``needs_pass(1)`` is False); otherwise pass 1 runs
+    as without a sample. Exact either way: the sample only decides what is kept, never the value.
+    """
+
+    SAMPLE = 1 << 19  # sample entries per row that callers should provide
+
+    HI = 1 << 15  # non-negative float32: the sign bit is 0, so bits >> 16 < 2^15
+    LO = 1 << 16
+
+    def __init__(self, rows: int, total: int, k: int, device: torch.device | str = "cpu"):
+        self.rows, self.total, self.k = rows, total, k
         self.trivial = k <= 0 or total == 0
         self.device = torch.device(device)
-        self.hi = torch.zeros(1 << 15, dtype=torch.int64, device=self.device)
-        self.lo = torch.zeros(1 << 16, dtype=torch.int64, device=self.device)
-        self.bucket: int | None = None
-        self.rank: int | None = None
-        self.value: float | None = float("-inf") if self.trivial else None
+        self.hi = torch.zeros(rows * self.HI, dtype=torch.int64, device=self.device)
+        self.lo: torch.Tensor | None = None
+        self.buckets: torch.Tensor | None = None  # (rows, 1) int32
+        self.ranks: list[int] | None = None
+        self.values: list[float] | None = [float("-inf")] * rows if self.trivial else None
+        self._sample: list[torch.Tensor] = []
+        self._band: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, 1) bucket bounds
+        # Kept entries: one buffer allocated once, row i in [start_i, start_i + cap_i). Not a list
+        # of small tensors: thousands of small long-lived allocations between each block's large
+        # temporaries fragment the C heap until RSS grows by a block per block (measured: 3.4 GB).
+        self._kept: torch.Tensor | None = None
+        self._start: list[int] = []
+        self._cap: list[int] = []
+        self._len: list[int] = []
+        self.one_pass = False  # pass 0 settled every row
 
     def observe(self, pass_idx: int, abs_values: torch.Tensor) -> None:
-        if self.trivial or abs_values.numel() == 0:
+        """``abs_values``: (rows, …) non-negative values of one block."""
+        if self.trivial or abs_values.numel() == 0 or (pass_idx > 0 and self.one_pass):
             return
-        bits = float_bits(abs_values).reshape(-1)
-        if pass_idx == 0:
-            self.hi += torch.bincount(bits >> 16, minlength=1 << 15)
+        bits = float_bits(abs_values).reshape(self.rows, -1)
+        if pass_idx < 0:
+            self._sample.append(bits.clone())
+        elif pass_idx == 0:
+            hi = bits >> 16
+            if self._band is not None and self._kept is not None:
+                lo_b, hi_b = self._band
+                keep = (hi >= lo_b) & (hi <= hi_b)
+                for i in range(self.rows):
+                    sel = bits[i][keep[i]]
+                    c, at = sel.numel(), self._start[i] + self._len[i]
+                    if self._len[i] + c > self._cap[i]:  # a poor bracket: pass 1 will run
+                        self._kept = None
+                        break
+                    self._kept[at : at + c].copy_(sel)
+                    self._len[i] += c
+            if self.rows > 1:
+                hi += self._row_offsets(self.HI)
+            self.hi += torch.bincount(hi.reshape(-1), minlength=self.rows * self.HI)
         else:
-            sel = bits[(bits >> 16) == self.bucket]
-            if sel.numel():
-                self.lo += torch.bincount(sel & 0xFFFF, minlength=1 << 16)
+            assert self.buckets is not None and self.lo is not None
+            sel = (bits >> 16) == self.buckets
+            low = bits & 0xFFFF
+            if self.rows > 1:
+                low += self._row_offsets(self.LO)
+            idx = low[sel].long()
+            if idx.numel():
+                self.lo.index_add_(0, idx, torch.ones_like(idx))
+
+    def _row_offsets(self, width: int) -> torch.Tensor:
+        return (torch.arange(self.rows, device=self.device, dtype=torch.int32) * width).unsqueeze(1)
+
+    def needs_pass(self, pass_idx: int) -> bool:
+        return not (pass_idx == 1 and (self.one_pass or self.trivial))
+
+    def _bracket(self) -> None:
+        """From the sample: per row, the high buckets between the sample's quantiles
+        k/total ∓ δ, δ about four standard errors of a quantile estimate (with room for the
+        correlation of entries inside one window) plus a floor."""
+        sample = torch.cat(self._sample, dim=1) if self._sample else None
+        self._sample = []
+        if sample is None or sample.shape[1] < 1024:
+            return
+        m = sample.shape[1]
+        q = min(max(self.k / self.total, 0.0), 1.0)
+        delta = 4.0 * math.sqrt(max(q * (1 - q), 1e-6) * 4.0 / m) + 1e-3
+        srt = sample.sort(dim=1).values
+        i_lo = max(0, min(m - 1, math.floor((q - delta) * m)))
+        i_hi = max(0, min(m - 1, math.ceil((q + delta) * m)))
+        lo_b = (srt[:, i_lo : i_lo + 1] >> 16).to(torch.int32)
+        hi_b = (srt[:, i_hi : i_hi + 1] >> 16).to(torch.int32)
+        self._band = (lo_b, hi_b)
+        # room for twice the share of the sample inside the bracket, plus a floor
+        sh = srt >> 16
+        frac = ((sh >= lo_b) & (sh <= hi_b)).float().mean(1).tolist()
+        self._cap = [int(2 * f * self.total) + (1 << 16) for f in frac]
+        self._start = [sum(self._cap[:i]) for i in range(self.rows)]
+        self._len = [0] * self.rows
+        self._kept = torch.empty(sum(self._cap), dtype=torch.int32, device=self.device)
 
     def end_pass(self, pass_idx: int) -> None:
-        if self.trivial:
+        if self.trivial or (pass_idx > 0 and self.one_pass):
+            return
+        if pass_idx < 0:
+            self._bracket()
             return
         if pass_idx == 0:
-            cum = torch.cumsum(self.hi, 0)
-            b = int(torch.searchsorted(cum, torch.tensor(self.k, device=cum.device)))
-            self.bucket = b
-            self.rank = self.k - (int(cum[b - 1]) if b > 0 else 0)
+            cum = torch.cumsum(self.hi.view(self.rows, self.HI), 1)
+            ks = torch.full((self.rows, 1), self.k, dtype=cum.dtype, device=cum.device)
+            b = torch.searchsorted(cum, ks)  # first bucket whose cumulative count reaches k
+            before = torch.where(
+                b > 0, cum.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(b)
+            )
+            self.buckets = b.to(torch.int32)
+            self.ranks = (ks - before).view(-1).tolist()
+            self.hi = torch.zeros(0, dtype=torch.int64, device=self.device)  # no longer needed
+            if self._finish_from_kept():
+                return
+            self.lo = torch.zeros(self.rows * self.LO, dtype=torch.int64, device=self.device)
         else:
-            cum = torch.cumsum(self.lo, 0)
-            low = int(torch.searchsorted(cum, torch.tensor(self.rank, device=cum.device)))
-            bits = torch.tensor([(self.bucket << 16) | low], dtype=torch.int32)
-            self.value = float(bits.view(torch.float32)[0])
+            assert self.buckets is not None and self.ranks is not None and self.lo is not None
+            cum = torch.cumsum(self.lo.view(self.rows, self.LO), 1)
+            ranks = torch.tensor(self.ranks, dtype=cum.dtype, device=cum.device).unsqueeze(1)
+            low = torch.searchsorted(cum, ranks).to(torch.int32)
+            bits = ((self.buckets << 16) | low).view(-1).cpu()
+            self.values = [float(v) for v in bits.view(torch.float32)]
+            self.lo = None
+
+    def _finish_from_kept(self) -> bool:
+        """After pass 0: the k-th value of every row from the kept entries, if each row's exact
+        bucket lies inside its bracket (then all of that bucket's entries were kept)."""
+        kept, self._kept = self._kept, None
+        if kept is None or self._band is None or self.buckets is None or self.ranks is None:
+            return False
+        lo_b, hi_b = self._band
+        if not bool(((self.buckets >= lo_b) & (self.buckets <= hi_b)).all()):
+            return False
+        values = []
+        for i in range(self.rows):
+            c = kept[self._start[i] : self._start[i] + self._len[i]]
+            c = c[(c >> 16) == self.buckets[i, 0]]
+            r = self.ranks[i]
+            if not 1 <= r <= c.numel():  # cannot happen when the bucket was kept whole
+                return False
+            bits = c.kthvalue(r).values.view(1).cpu()
+            values.append(float(bits.view(torch.float32)[0]))
+        self.values = values
+        self.one_pass = True
+        return True
+
+
+class RadixSelect:
+    """Exact k-th smallest of a stream of non-negative float32 values in two streaming passes
+    (one row of ``MultiRadixSelect``; with a sample first, usually one). Equals
+    ``torch.kthvalue`` over the concatenation."""
+
+    def __init__(self, total: int, k: int, device: torch.device | str = "cpu"):
+        self._m = MultiRadixSelect(1, total, k, device)
+        self.total, self.k, self.trivial = total, k, self._m.trivial
+
+    @property
+    def value(self) -> float | None:
+        return None if self._m.values is None else self._m.values[0]
+
+    def observe(self, pass_idx: int, abs_values: torch.Tensor) -> None:
+        self._m.observe(pass_idx, abs_values.reshape(1, -1))
+
+    def end_pass(self, pass_idx: int) -> None:
+        self._m.end_pass(pass_idx)
+
+    def needs_pass(self, pass_idx: int) -> bool:
+        return self._m.needs_pass(pass_idx)
 
 
 def global_k(total: int, density: float) -> int:

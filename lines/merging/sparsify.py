@@ -9,39 +9,66 @@ from typing import Literal
 
 import torch
 
-from lines.merging.base import RadixSelect, global_k, kth_threshold, trim
+from lines.merging.base import MultiRadixSelect, global_k, kth_threshold, stacked, trim
 
 TrimScope = Literal["global", "per_tensor"]
 
 
 class MagnitudeTrimmer:
     """Holds one threshold per task vector. Global scope needs the engine's two statistics passes
-    (exact radix select); per-tensor scope computes the threshold on the fly."""
+    (exact radix select, all N task vectors in one batched select); per-tensor scope computes the
+    threshold on the fly."""
 
     def __init__(self, density: float, scope: TrimScope):
         self.density, self.scope = density, scope
-        self.selects: list[RadixSelect] = []
+        self.select: MultiRadixSelect | None = None
         self.total = 0
+        self._thr: dict[torch.device, torch.Tensor] = {}
 
     @property
     def passes(self) -> int:
         return 2 if self.scope == "global" and self.density < 1 else 0
 
+    @property
+    def sample_size(self) -> int:
+        """Entries per task vector to sample before the passes (lets pass 0 settle the
+        thresholds alone, see ``MultiRadixSelect``)."""
+        return MultiRadixSelect.SAMPLE if self.passes else 0
+
+    def needs_pass(self, pass_idx: int) -> bool:
+        return self.select is None or self.select.needs_pass(pass_idx)
+
     def begin(self, num_models: int, total_entries: int, device: torch.device | str) -> None:
         self.total = total_entries
         k = global_k(total_entries, self.density)
-        self.selects = [RadixSelect(total_entries, k, device) for _ in range(num_models)]
+        self.select = MultiRadixSelect(num_models, total_entries, k, device)
+        self._thr = {}
 
     def observe(self, pass_idx: int, taus: Sequence[torch.Tensor]) -> None:
-        for sel, t in zip(self.selects, taus, strict=True):
-            sel.observe(pass_idx, t.abs())
+        assert self.select is not None
+        self.select.observe(pass_idx, stacked(taus).abs())
 
     def end_pass(self, pass_idx: int) -> None:
-        for sel in self.selects:
-            sel.end_pass(pass_idx)
+        assert self.select is not None
+        self.select.end_pass(pass_idx)
 
     def thresholds(self) -> list[float]:
-        return [s.value for s in self.selects]  # type: ignore[misc]
+        assert self.select is not None
+        return list(self.select.values)  # type: ignore[arg-type]
+
+    def apply_stacked(self, x: torch.Tensor) -> torch.Tensor:
+        """The trimmed (N, …) stack, a new tensor: entries with |τ_i| below τ_i's threshold set
+        to zero (x · (|x| ≥ thr), as ``trim``)."""
+        if self.density >= 1:
+            return x.clone()
+        if self.scope != "global":
+            return torch.stack(self.apply(list(x.unbind(0))))
+        thr = self._thr.get(x.device)
+        if thr is None:
+            thr = torch.tensor(self.thresholds(), dtype=torch.float32, device=x.device)
+            self._thr[x.device] = thr
+        mask = x.abs() >= thr.view(-1, *([1] * (x.dim() - 1)))
+        return x * mask
 
     def apply(self, taus: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if self.density >= 1:

@@ -39,6 +39,13 @@ class MagnitudePrune(MergeMethod):
     def stats_passes(self) -> int:  # type: ignore[override]
         return MagnitudeTrimmer(self.density, self.scope).passes
 
+    @property
+    def stats_sample(self) -> int:  # type: ignore[override]
+        return MagnitudeTrimmer(self.density, self.scope).sample_size
+
+    def needs_pass(self, pass_idx: int) -> bool:
+        return self._trim.needs_pass(pass_idx)
+
     def setup(self, num_models: int, total_entries: int, device: torch.device | str) -> None:
         self._trim = MagnitudeTrimmer(self.density, self.scope)
         self._trim.begin(num_models, total_entries, device)

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 import torch
 
 from lines.errors import LinesError
-from lines.merging.base import MergeMethod
+from lines.merging.base import MergeMethod, stacked
 
 
 @dataclasses.dataclass
@@ -29,8 +29,11 @@ class TaskArithmetic(MergeMethod):
             raise LinesError(f"task_arithmetic mode must be 'sum' or 'mean', got '{self.mode}'")
 
     def merge_tensor(self, key: str, taus: Sequence[torch.Tensor]) -> torch.Tensor:
-        out = torch.stack(list(taus)).sum(0)
+        out = stacked(taus).sum(0)
         return out / len(taus) if self.mode == "mean" else out
+
+    def merged_is_sum(self) -> bool:
+        return self.mode == "sum"
 
 
 METHOD = TaskArithmetic

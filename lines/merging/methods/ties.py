@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 
 from lines.errors import LinesError
-from lines.merging.base import MergeMethod, check_fraction, disjoint_mean
+from lines.merging.base import MergeMethod, check_fraction, disjoint_mean_stacked, stacked
 from lines.merging.sparsify import MagnitudeTrimmer, TrimScope
 
 
@@ -43,6 +43,13 @@ class Ties(MergeMethod):
     def stats_passes(self) -> int:  # type: ignore[override]
         return MagnitudeTrimmer(self.density, self.scope).passes
 
+    @property
+    def stats_sample(self) -> int:  # type: ignore[override]
+        return MagnitudeTrimmer(self.density, self.scope).sample_size
+
+    def needs_pass(self, pass_idx: int) -> bool:
+        return self._trim.needs_pass(pass_idx)
+
     def setup(self, num_models: int, total_entries: int, device: torch.device | str) -> None:
         self._trim = MagnitudeTrimmer(self.density, self.scope)
         self._trim.begin(num_models, total_entries, device)
@@ -57,22 +64,21 @@ class Ties(MergeMethod):
         self._trim.end_pass(pass_idx)
 
     def merge_tensor(self, key: str, taus: Sequence[torch.Tensor]) -> torch.Tensor:
-        trimmed = self._trim.apply(taus)
-        stacked = torch.stack(trimmed)
-        sign = torch.sign(stacked.sum(0))
+        x = self._trim.apply_stacked(stacked(taus))  # trimmed (N, …), a new tensor
+        sign = torch.sign(x.sum(0))
         zero = sign == 0
         if self._majority is None:
             # First merge pass: accumulate the global majority; on exact ties (a zero sum with
             # non-zero entries) the result depends on it, so remember the key for a fix-up.
             # Count in int64: a float32 sum of more than 2^24 signs rounds and can flip the sign.
             self._sign_sum += int(sign.sum(dtype=torch.int64))
-            if bool((zero & (stacked != 0).any(0)).any()):
+            if bool(zero.any()) and bool((x[:, zero] != 0).any()):
                 self._ambiguous.append(key)
             majority = 1.0
         else:
             majority = float(self._majority)
         sign = torch.where(zero, torch.full_like(sign, majority), sign)
-        return disjoint_mean(trimmed, sign)
+        return disjoint_mean_stacked(x, sign)
 
     def fixup_keys(self) -> list[str]:
         self._majority = 1 if self._sign_sum > 0 else (-1 if self._sign_sum < 0 else 0)

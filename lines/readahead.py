@@ -1,0 +1,209 @@
+"""Read-ahead for the streaming engine: while the engine computes on one slice, background threads
+read the next slices of every input, check them for NaN/Inf and, on a GPU, copy them to the device.
+
+Reading is the bound of a merge (each input byte is used a few times at most), so the engine should
+never wait for a read it could have started earlier. ``ReadAhead`` is told the order in which the
+engine will ask for units (a key, or a flat slice of a key) and keeps ``depth`` units in flight;
+when the engine asks for something else (a TIES fix-up re-reads an early key) it reads that unit
+at once and re-seeds the prediction from there. Reads are positional (``os.preadv``) so threads
+never share a file offset; file reads, torch kernels and host-to-device copies release the GIL, so
+on a machine with spare cores reading overlaps computing. Memory: at most ``depth + 1`` units per
+input are held, a few times the engine's working set.
+
+On CUDA each worker owns a pinned staging buffer and a stream: the file is read straight into
+pinned memory (no pageable copy), copied to the device asynchronously, and the worker waits for
+its copy before reusing the buffer; the consumer records its stream on the result so the caching
+allocator never hands the memory back to a worker while the consumer's kernels still read it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from lines.errors import LinesError
+from lines.io import Checkpoint
+
+Unit = tuple[str, tuple[int, int] | None]  # (key, flat [start, stop) or None for the whole tensor)
+
+
+def default_workers(device: torch.device, num_inputs: int) -> int:
+    """Reader threads: on a GPU machine one per input up to 8 (reads are the whole job there); on
+    a CPU one or two (the cores are busy computing)."""
+    cpus = os.cpu_count() or 1
+    if device.type == "cuda":
+        return max(1, min(8, num_inputs, cpus - 1))
+    return max(1, min(2, cpus - 1, num_inputs))
+
+
+def check_finite(ck: Checkpoint, key: str, t: torch.Tensor) -> None:
+    """Raise LinesError if ``t`` holds a NaN or an Inf.
+
+    One float32 sum (NaN and ±Inf propagate through it) instead of ``isfinite(t).all()``, which
+    is several times slower on a CPU; only a non-finite sum, which also happens when finite values
+    overflow, gets the exact test. CPU tensors are summed with numpy: the reader threads call this
+    concurrently, and torch's own CPU kernels would each start a team of intra-op threads
+    (16 threads × 8 readers on a 16-core GPU host: oversubscribed and spinning)."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return
+    if not t.is_cuda and t.dtype in _NP_FLOAT:
+        a = t.detach().reshape(-1).numpy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.sum(a, dtype=np.float32 if a.itemsize <= 4 else np.float64)):
+                return
+            if np.isfinite(a).all():
+                return  # overflow of a large finite sum, not a bad value
+        kind = "NaN" if np.isnan(a).any() else "Inf"
+        raise LinesError(f"{ck.path}: {kind} in tensor '{key}'")
+    if not t.is_cuda and t.dtype == torch.bfloat16:
+        # bf16 has no numpy type: NaN/Inf ⇔ all exponent bits set
+        u = t.detach().reshape(-1).view(torch.int16).numpy()
+        bad = (u & 0x7F80) == 0x7F80
+        if not bad.any():
+            return
+        kind = "NaN" if ((u[bad] & 0x007F) != 0).any() else "Inf"
+        raise LinesError(f"{ck.path}: {kind} in tensor '{key}'")
+    if math.isfinite(float(t.sum(dtype=torch.float32))):
+        return
+    if bool(torch.isfinite(t).all()):
+        return
+    kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+    raise LinesError(f"{ck.path}: {kind} in tensor '{key}'")
+
+
+_NP_FLOAT = (torch.float32, torch.float16, torch.float64)
+
+
+class _Staging(threading.local):
+    """Per-thread pinned buffer and CUDA stream."""
+
+    buf: torch.Tensor | None = None
+    stream: torch.cuda.Stream | None = None
+
+
+class ReadAhead:
+    """Reads units of several checkpoints in order, ahead of the consumer.
+
+    ``get(unit)`` returns one tensor per checkpoint for ``unit``, on ``device`` in its stored
+    dtype, each already checked for NaN/Inf unless ``check`` is false or the same (checkpoint,
+    unit) was checked before.
+    """
+
+    def __init__(
+        self,
+        checkpoints: Sequence[Checkpoint],
+        order: Sequence[Unit],
+        device: torch.device,
+        *,
+        depth: int = 2,
+        workers: int | None = None,
+        check: bool = True,
+    ):
+        self.cks = list(checkpoints)
+        self.order = list(order)
+        self._pos = {u: i for i, u in enumerate(self.order)}
+        self.device = device
+        self.depth = max(0, depth)
+        self.check = check
+        self._checked: set[tuple[int, Hashable]] = set()
+        self._lock = threading.Lock()
+        n = workers if workers is not None else default_workers(device, len(self.cks))
+        self._pool = ThreadPoolExecutor(max(1, n), thread_name_prefix="lines-read")
+        self._pending: OrderedDict[Unit, list[Future[torch.Tensor]]] = OrderedDict()
+        self._cuda = device.type == "cuda"
+        self._staging = _Staging()
+        self._closed = False
+
+    # -- reading one (checkpoint, unit) in a worker thread
+
+    def _read_cpu(self, ck: Checkpoint, unit: Unit) -> torch.Tensor:
+        key, span = unit
+        return ck.get(key) if span is None else ck.get_flat(key, *span)
+
+    def _read(self, i: int, unit: Unit) -> torch.Tensor:
+        ck = self.cks[i]
+        key, span = unit
+        if not self._cuda:
+            t = self._read_cpu(ck, unit)
+            self._maybe_check(i, ck, unit, t)
+            return t
+        info = ck.info(key)
+        start, stop = span if span is not None else (0, info.numel)
+        esize = torch.empty((), dtype=info.dtype).element_size()
+        nbytes = (stop - start) * esize
+        st = self._staging
+        if st.stream is None:
+            st.stream = torch.cuda.Stream(device=self.device)
+        if st.buf is None or st.buf.numel() < nbytes:
+            st.buf = None
+            st.buf = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8, pin_memory=True)
+        host = ck.read_flat_into(key, start, stop, st.buf)
+        self._maybe_check(i, ck, unit, host)
+        with torch.cuda.stream(st.stream):
+            dev = host.to(self.device, non_blocking=True)
+        st.stream.synchronize()  # the pinned buffer is reused by this thread's next read
+        shape = info.shape if span is None else (stop - start,)
+        return dev.reshape(shape)
+
+    def _maybe_check(self, i: int, ck: Checkpoint, unit: Unit, t: torch.Tensor) -> None:
+        if not self.check:
+            return
+        tag = (i, unit)
+        with self._lock:
+            if tag in self._checked:
+                return
+        check_finite(ck, unit[0], t)
+        with self._lock:
+            self._checked.add(tag)
+
+    # -- scheduling
+
+    def _submit(self, unit: Unit) -> list[Future[torch.Tensor]]:
+        return [self._pool.submit(self._read, i, unit) for i in range(len(self.cks))]
+
+    def get(self, unit: Unit) -> list[torch.Tensor]:
+        if self._closed:
+            raise RuntimeError("ReadAhead is closed")
+        futs = self._pending.pop(unit, None)
+        if futs is None:
+            futs = self._submit(unit)
+        # keep only the next `depth` units of the predicted order in flight
+        pos = self._pos.get(unit)
+        want: list[Unit] = []
+        if pos is not None and self.order:
+            # cyclic: the last unit of one pass predicts the first units of the next pass
+            for j in range(1, min(self.depth, len(self.order) - 1) + 1):
+                want.append(self.order[(pos + j) % len(self.order)])
+        for u in list(self._pending):
+            if u not in want:
+                self._pending.pop(u)  # a misprediction: its result is dropped when it finishes
+        for u in want:
+            if u not in self._pending:
+                self._pending[u] = self._submit(u)
+        out = [f.result() for f in futs]
+        if self._cuda:
+            cur = torch.cuda.current_stream(self.device)
+            for t in out:
+                t.record_stream(cur)
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._staging = _Staging()
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
