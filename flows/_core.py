@@ -1,0 +1,269 @@
+"""What every experiment flow does, in order (the flows in this package only say which stages,
+which parameters and how to read the results):
+
+1. take the workspace lock (``tasks.workspace``: one experiment at a time per checkout);
+2. write ``params.yaml`` = profile + the flow's parameters, open the MLflow run with them;
+3. with ``fan_out``: reproduce the units' upstream (``dvc repro heads``), start every stale
+   per-task fine-tuning stage as a ``stage-unit`` deployment run (any worker of the pool picks it
+   up), wait, ``dvc commit`` them; then ``dvc repro TARGETS`` for the rest (finished stages are
+   skipped, so a rerun after a crash resumes);
+4. run the flow's extra units (rewarded soups: one per weight point);
+5. ``dvc exp save`` (the run is a DVC experiment named like the MLflow run), ``dvc plots show``;
+6. build the record from the DVC outputs (``tasks.records``) and log it; close the run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import runtime
+
+from flows.units import stage_unit
+from tasks._proc import logger
+from tasks.dvc import (
+    dvc_commit,
+    dvc_exp_save,
+    dvc_plots_show,
+    dvc_repro,
+    dvc_run_cached,
+    dvc_stage_specs,
+    dvc_stale_stages,
+    git_revision,
+)
+from tasks.tracking import OnDown, RunRecord, flatten, make_tracker
+from tasks.workspace import apply_params, workspace_lock
+
+UNIT_DEPLOYMENT = "stage-unit/stage-unit"
+UNITS_UPSTREAM = ["heads"]  # what every fan-out unit reads besides the fetched data
+
+
+@dataclass
+class Unit:
+    name: str
+    cmds: list[str]
+    outs: list[str]
+
+
+@dataclass
+class Context:
+    """What the record builders and extra steps get: the workspace, the applied parameters, the
+    experiment name and what the units reported."""
+
+    workspace: Path
+    params: dict[str, Any]
+    name: str
+    units: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def experiment_name(kind: str, requested: str | None) -> str:
+    """``KIND-<flow-run name>`` (a valid git ref, since DVC stores experiments as refs)."""
+    base = requested or f"{kind}-{runtime.flow_run.name or time.strftime('%Y%m%d-%H%M%S')}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.")
+
+
+def run_units(
+    ctx: Context, units: Sequence[Unit], *, fan_out: bool, deployment: str, timeout_s: float
+) -> list[dict[str, Any]]:
+    """Run ``units`` in-process one after the other, or as deployment runs that the pool's workers
+    execute in parallel; return their reports. Raises if any unit did not complete."""
+    if not units:
+        return []
+    rid = runtime.flow_run.id or "local"
+    report_dir = f".dvc/tmp/lines-units/{rid}"
+    params = [
+        {
+            "workspace": str(ctx.workspace),
+            "name": u.name,
+            "cmds": u.cmds,
+            "outs": u.outs,
+            "report": f"{report_dir}/{u.name}.json",
+        }
+        for u in units
+    ]
+    if not fan_out:
+        return [stage_unit(**p) for p in params]
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    log = logger()
+    started = []
+    for p in params:
+        fr = run_deployment(
+            deployment,
+            parameters=p,
+            timeout=0,  # start them all, then wait below
+            flow_run_name=f"{ctx.name}:{p['name']}",
+            tags=["lines-unit", ctx.name],
+        )
+        started.append((p, fr.id))
+        log.info("unit %s -> flow run %s (deployment %s)", p["name"], fr.id, deployment)
+    t0 = time.monotonic()
+    final: dict[Any, Any] = {}
+    warned = False
+    with get_client(sync_client=True) as client:
+        while len(final) < len(started):
+            waiting = 0
+            for p, fid in started:
+                if fid in final:
+                    continue
+                fr = client.read_flow_run(fid)
+                if fr.state is not None and fr.state.is_final():
+                    final[fid] = fr
+                    log.info("unit %s: %s", p["name"], fr.state.name)
+                elif fr.state is None or fr.state.is_scheduled():
+                    waiting += 1
+            if not warned and waiting == len(started) and time.monotonic() - t0 > 60:
+                log.warning(
+                    "no unit picked up after 60 s: is a worker polling the pool of '%s'?",
+                    deployment,
+                )
+                warned = True
+            if len(final) < len(started):
+                if time.monotonic() - t0 > timeout_s:
+                    raise TimeoutError(
+                        f"{len(started) - len(final)} unit(s) not finished after {timeout_s:.0f} s; "
+                        f"is a worker polling the pool of '{deployment}'?"
+                    )
+                time.sleep(2)
+    failed = [
+        f"{p['name']} ({final[fid].state.name}: {final[fid].state.message or ''})"
+        for p, fid in started
+        if not final[fid].state.is_completed()
+    ]
+    if failed:
+        raise RuntimeError("fan-out units failed: " + "; ".join(failed))
+    reports = []
+    for p in params:
+        f = ctx.workspace / p["report"]
+        reports.append(json.loads(f.read_text()) if f.is_file() else {"unit": p["name"]})
+    return reports
+
+
+def fan_out_stale_stages(
+    ctx: Context, groups: list[str], deployment: str, timeout_s: float
+) -> list[dict[str, Any]]:
+    """Run the stale stages of the foreach ``groups`` (fine-tuning per task / per seed) as units
+    on the pool, then record them in DVC. Stages the run cache holds are left to ``dvc repro``."""
+    ws, log = ctx.workspace, logger()
+    dvc_repro(ws, UNITS_UPSTREAM)  # the units' common inputs first
+    stale = dvc_stale_stages(ws, groups)
+    cached = dvc_run_cached(ws, stale) if stale else []
+    if cached:
+        log.info("in the run cache, left to dvc repro: %s", cached)
+    stale = [s for s in stale if s not in cached]
+    if not stale:
+        log.info("%s: nothing to fan out", groups)
+        return []
+    specs = dvc_stage_specs(ws, stale)
+    units = [Unit(s, [specs[s]["cmd"]], specs[s]["outs"]) for s in stale]
+    reports = run_units(ctx, units, fan_out=True, deployment=deployment, timeout_s=timeout_s)
+    dvc_commit(ws, stale)
+    return reports
+
+
+def add_run_context(rec: RunRecord, ctx: Context, exp: Mapping[str, str]) -> None:
+    """What every record carries besides the kind's own numbers: the DVC experiment and
+    revisions, params.yaml and dvc.lock, the offline DVC plots page, the units' report."""
+    ws = ctx.workspace
+    rec.tags.update({"dvc.exp_rev": exp["rev"], "dvc.exp_ref": exp["ref"], **git_revision(ws)})
+    rec.artifacts += [(ws / "params.yaml", "manifests"), (ws / "dvc.lock", "manifests")]
+    page = dvc_plots_show(ws, Path(".dvc/tmp/lines-plots") / ctx.name)
+    if page is not None:
+        rec.artifacts.append((page.parent, "dvc_plots"))
+    if ctx.units:
+        units_file = ws / ".dvc/tmp/lines-units" / f"{ctx.name}.json"
+        units_file.parent.mkdir(parents=True, exist_ok=True)
+        units_file.write_text(json.dumps(ctx.units, indent=2))
+        rec.artifacts.append((units_file, "units"))
+
+
+def run_experiment(
+    kind: str,
+    *,
+    workspace: str,
+    profile: str | None,
+    overrides: Mapping[str, Any],
+    targets: list[str],
+    fan_out_groups: list[str],
+    build_record: Callable[[Context], RunRecord],
+    fan_out: bool,
+    unit_deployment: str,
+    unit_timeout_s: float,
+    tracking: bool,
+    on_tracking_down: OnDown,
+    name: str | None,
+    lock_timeout_s: float | None,
+    extra_units: Callable[[Context], list[Unit]] | None = None,
+) -> dict[str, Any]:
+    ws = Path(workspace).resolve()
+    name = experiment_name(kind, name)
+    log = logger()
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    tracker = make_tracker(tracking, f"lines-{kind}", ws, on_tracking_down)
+    flow_run_id = str(runtime.flow_run.id or "")
+    owner = f"{name} (flow run {flow_run_id or 'local'})"
+    with workspace_lock(ws, owner=owner, timeout=lock_timeout_s):
+        params = apply_params(ws, profile, overrides)
+        ctx = Context(ws, params, name)
+        tags = {
+            "lines.kind": kind,
+            "lines.profile": profile or "(current params.yaml)",
+            "dvc.experiment": name,
+            "prefect.flow_run_id": flow_run_id,
+            "prefect.flow_run_name": str(runtime.flow_run.name or ""),
+            "prefect.deployment": str(runtime.deployment.name or ""),
+            **git_revision(ws),
+        }
+        tags = {k: v for k, v in tags.items() if v}
+        start_params = {
+            **flatten(params),
+            "profile": profile or "(current)",
+            "overrides": json.dumps(overrides, sort_keys=True),
+            "targets": targets,
+            "fan_out": fan_out,
+        }
+        tracker.start(name, tags, start_params)
+        try:
+            if fan_out and fan_out_groups:
+                ctx.units += fan_out_stale_stages(
+                    ctx, fan_out_groups, unit_deployment, unit_timeout_s
+                )
+            dvc_repro(ws, targets)
+            if extra_units is not None:
+                ctx.units += run_units(
+                    ctx,
+                    extra_units(ctx),
+                    fan_out=fan_out,
+                    deployment=unit_deployment,
+                    timeout_s=unit_timeout_s,
+                )
+            exp = dvc_exp_save(ws, name, targets)
+            rec = build_record(ctx)
+            add_run_context(rec, ctx, exp)
+            tracker.record(rec)
+        except BaseException:
+            tracker.finish("FAILED")
+            raise
+        tracker.finish("FINISHED")
+    log.info(
+        "experiment %s done: dvc exp show lists it; %s run %s",
+        name,
+        tracker.description,
+        tracker.run_id,
+    )
+    return {
+        "experiment": name,
+        "dvc_exp_rev": exp["rev"],
+        "mlflow_run_id": tracker.run_id,
+        "tracking": tracker.description,
+        "units": ctx.units,
+        "metrics": rec.metrics,
+    }

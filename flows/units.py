@@ -1,0 +1,70 @@
+"""The unit of scale-out: one stage command run into its own output path.
+
+A parent flow resolves a DVC stage's command (``tasks.dvc.dvc_stage_specs``) and either calls
+:func:`stage_unit` in-process or, with ``fan_out=True``, starts it as a run of the ``stage-unit``
+deployment (``run_deployment``); every worker polling the work pool may pick one up, so units run
+in parallel on as many workers (or machines sharing the workspace folder) as the pool has. The
+parent waits for all of them, then records the stages in DVC (``dvc commit``) and continues.
+A unit never touches ``params.yaml`` or ``dvc.lock``: the parent holds the workspace lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+
+from tasks._proc import run_command
+
+
+@task(name="run-stage-command")
+def run_stage_command(workspace: Path, name: str, cmds: list[str], outs: list[str]) -> list[str]:
+    """Remove the stage's outputs (as ``dvc repro`` does), create their parent folders, then run
+    its command(s)."""
+    for o in outs:
+        p = Path(workspace) / o
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+        p.parent.mkdir(parents=True, exist_ok=True)
+    for cmd in cmds:
+        run_command(
+            cmd,
+            Path(workspace),
+            log_file=Path(workspace) / ".dvc/tmp/lines-logs" / f"unit-{name}.log",
+        )
+    return outs
+
+
+@flow(name="stage-unit", retries=1, retry_delay_seconds=5, log_prints=True)
+def stage_unit(
+    workspace: str,
+    name: str,
+    cmds: list[str],
+    outs: list[str],
+    report: str | None = None,
+) -> dict[str, Any]:
+    """Run one unit (a DVC stage's command, or any command list) in ``workspace``; write a small
+    JSON report (where it ran, how long) to ``report`` if given."""
+    t0 = time.time()
+    run_stage_command(Path(workspace), name, cmds, outs)
+    info = {
+        "unit": name,
+        "outs": outs,
+        "worker": os.environ.get("PREFECT__WORKER_NAME", "in-process"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "seconds": round(time.time() - t0, 2),
+    }
+    if report:
+        p = Path(workspace) / report
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(info, indent=2))
+    return info
