@@ -307,6 +307,11 @@ def run_merge(
         cache.close()
     write_json(Path(out_dir) / "merge.json", results)
     _write_csv(Path(out_dir) / "merge_sweep.csv", rows)
+    # One file per series, so `dvc plots show` draws each method and variant as its own line.
+    for name in cfg["methods"]:
+        for variant in ("baseline", "lines"):
+            series = [r for r in rows if r["method"] == name and r["variant"] == variant]
+            _write_csv(Path(out_dir) / "sweeps" / f"{name}-{variant}.csv", series)
     return results
 
 
