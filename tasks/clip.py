@@ -1,0 +1,204 @@
+"""The CLIP benchmark (the ``clip/`` DVC pipeline) for the orchestration: its parameter overrides
+and the MLflow record built from its outputs (pure functions over files, like ``tasks.records``).
+
+The clip pipeline writes its outputs in the text pipeline's shapes (``out/merge/merge.json``,
+``out/edit/edit.json``, …, relative to ``clip/``), so the record reuses ``tasks.records``: the
+merging part keeps the text pipeline's names (``<method>.<baseline|lines>.test_acc.<task>``,
+``<method>.alpha``/``.beta``/``.lambda``, nested runs ``<method>/<variant> β=<coef>``), and the
+editing, WiSE-FT and soups parts are the same records under the prefixes ``edit/``, ``wiseft/``
+and ``soups/`` (their names would otherwise collide: ``gammas``, ``block_policy``). Added for
+CLIP:
+
+    params   model, data_root, device, block_policy, tasks (the resolved suite),
+             sha256.source.<key> (the file a source resolved to), sha256.canonical.<key> (the
+             prepared safetensors; what the merges read), source.<key>.commit (Hub snapshots)
+    nested   merge points also carry tasks, sha256.pretrained and sha256.finetuned (list);
+             editing and WiSE-FT points the sha256 of the fine-tuned model they edit
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks.dvc import dvc, transient
+from tasks.records import editing_record, merging_record, read_json, soups_record, wiseft_record
+from tasks.tracking import Point, RunRecord
+
+CLIP_DIR = "clip"  # the pipeline's folder inside the project (its dvc.yaml and params.yaml)
+STAGES = ("prepare", "heads", "finetuned_eval", "merge", "edit", "wiseft", "soups", "report")
+_COMMON = {"suite", "backbone", "tasks", "seed", "seeds"}
+
+
+def dvc_targets(stages: list[str] | None) -> list[str]:
+    """``clip/dvc.yaml:<stage>`` targets for ``dvc repro``/``dvc exp save`` run from the project
+    root (the whole pipeline when ``stages`` is empty)."""
+    if not stages:
+        return [f"{CLIP_DIR}/dvc.yaml"]
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown clip stage(s) {bad} (known: {', '.join(STAGES)})")
+    return [f"{CLIP_DIR}/dvc.yaml:{s}" for s in stages]
+
+
+@task(name="dvc-exp-save-clip", retries=3, retry_delay_seconds=2, retry_condition_fn=transient)
+def clip_exp_save(workspace: Path, name: str, targets: list[str]) -> dict[str, str]:
+    """``dvc exp save -n NAME TARGETS`` for the clip/ pipeline. DVC includes an untracked
+    ``dvc.lock`` only at the project root, so ``clip/dvc.lock`` (and the ``.gitignore`` files
+    DVC wrote for the outputs) are included explicitly; every clip output is in the DVC cache,
+    none needs to go into git. Returns name, ref and commit of the experiment."""
+    ws = Path(workspace)
+    untracked = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard", CLIP_DIR],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    include = [p for p in untracked if p.endswith(("dvc.lock", ".gitignore"))]
+    args = [a for p in include for a in ("--include-untracked", p)]
+    dvc(ws, "exp", "save", "--force", "--name", name, *args, *targets, log="exp")
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    for line in refs:
+        if line.endswith("/" + name):
+            rev, ref = line.split(" ", 1)
+            return {"name": name, "ref": ref, "rev": rev}
+    raise RuntimeError(f"dvc exp save reported success but no ref ends with '{name}'")
+
+
+def _prefixed(sub: RunRecord, prefix: str, into: RunRecord, extra: Mapping[str, Any]) -> None:
+    for k, v in sub.params.items():
+        if k in _COMMON or k.startswith("sha256.fetch."):
+            continue  # the same for every part: logged once by the merging part
+        into.params[f"{prefix}/{k}"] = v
+    into.metrics.update({f"{prefix}/{k}": v for k, v in sub.metrics.items()})
+    for p in sub.points:
+        params = {"stage": prefix, **p.params}
+        for key, fn in extra.items():
+            v = fn(p)
+            if v is not None:
+                params[key] = v
+        into.points.append(Point(f"{prefix}/{p.name}", params, p.metrics))
+    into.artifacts += [a for a in sub.artifacts if a not in into.artifacts]
+
+
+def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
+    """The MLflow record of a CLIP benchmark run, from the outputs under ``clip_dir``."""
+    d = Path(clip_dir)
+    common = params.get("common", {})
+    prep = read_json(d / "ckpt/prepare.json")
+    fin = prep["finetuned"]
+    sha = {k: e["sha256"] for k, e in fin.items()}
+
+    if (d / "out/merge/merge.json").is_file():
+        rec = merging_record(d, params)
+        merge = read_json(d / "out/merge/merge.json")
+        tasks = merge["tasks"]
+        first = next(iter(merge["methods"].values()), None)
+        for p in rec.points:
+            p.params["tasks"] = tasks
+            if first is not None:
+                p.params["sha256.pretrained"] = first["pretrained_sha256"]
+                p.params["sha256.finetuned"] = first["input_sha256"]
+    else:  # only upstream stages were reproduced
+        rec, tasks = RunRecord(), []
+    rec.params.update(
+        {
+            "model": common.get("model"),
+            "backbone": common.get("model"),
+            "suite": str(common.get("suite")),
+            "tasks": tasks or common.get("tasks"),
+            "data_root": common.get("data_root"),
+            "device": common.get("device"),
+            "block_policy": common.get("block_policy", "reference"),
+            "sha256.canonical.pretrained": prep["pretrained"]["sha256"],
+            "sha256.canonical.text": prep["text"]["sha256"],
+        }
+    )
+    for key, e in [("pretrained", prep["pretrained"]), ("text", prep["text"]), *fin.items()]:
+        src = e.get("source", {})
+        if src.get("sha256"):
+            rec.params[f"sha256.source.{key}"] = src["sha256"]
+        if src.get("commit"):
+            rec.params[f"source.{key}.commit"] = src["commit"]
+    rec.params.update({f"sha256.canonical.{k}": h for k, h in sha.items()})
+
+    def task_sha(p: Point) -> str | None:
+        t = p.params.get("task")
+        for k in fin:
+            if k == t or k.lower() == str(t).lower():
+                return sha[k]
+        return None
+
+    # editing_record reads the block policy from its section; in clip/ it is common's.
+    with_policy = copy.deepcopy(dict(params))
+    with_policy.setdefault("edit", {})["block_policy"] = common.get("block_policy", "reference")
+    with_policy.setdefault("soups", {})["block_policy"] = common.get("block_policy", "reference")
+    if (d / "out/edit/edit.json").is_file():
+        _prefixed(editing_record(d, with_policy), "edit", rec, {"sha256.finetuned": task_sha})
+    w = d / "out/wiseft/wiseft.json"
+    if w.is_file() and not read_json(w).get("skipped"):
+        model = read_json(w)["model"]
+        _prefixed(
+            wiseft_record(d, with_policy),
+            "wiseft",
+            rec,
+            {"model": lambda p: model, "sha256.finetuned": lambda p: sha.get(model)},
+        )
+    s = d / "out/soups/soups.json"
+    if s.is_file() and not read_json(s).get("skipped"):
+        _prefixed(soups_record(d, with_policy), "soups", rec, {})
+    rec.artifacts.append((d / "ckpt/prepare.json", "manifests"))
+    rec.artifacts += [
+        (p, "manifests/finetuned") for p in sorted((d / "ckpt/finetuned").glob("*.json"))
+    ]
+    rec.artifacts += [(d / "params.yaml", "manifests"), (d / "dvc.lock", "manifests")]
+    # the report's own files (merging_record logs the folder when metrics.json is there)
+    return rec
+
+
+def overrides_of(**kw: Any) -> dict[str, Any]:
+    """Flow parameters → dotted ``clip/params.yaml`` keys (None: keep the file's value)."""
+    src = kw.pop("sources", None)
+    out: dict[str, Any] = {
+        "common.model": kw.get("model"),
+        "common.suite": None if kw.get("suite") is None else str(kw["suite"]),
+        "common.tasks": kw.get("tasks"),
+        "common.data_root": kw.get("data_root"),
+        "common.device": kw.get("device"),
+        "common.block_policy": kw.get("block_policy"),
+        "merge.methods": kw.get("methods"),
+        "merge.lambdas": kw.get("lambdas"),
+        "merge.betas": kw.get("betas"),
+        "merge.ties_lambdas": kw.get("ties_lambdas"),
+        "merge.ties_betas": kw.get("ties_betas"),
+        "merge.alpha_norm": kw.get("alpha_norm"),
+        "edit.gammas": kw.get("edit_gammas"),
+        "wiseft.gammas": kw.get("wiseft_gammas"),
+    }
+    if src is not None:
+        s = src if isinstance(src, Mapping) else src.model_dump()
+        out["sources.pretrained"] = s.get("pretrained")
+        out["sources.text"] = s.get("text")
+        if s.get("finetuned") is not None:
+            out["sources.finetuned"] = dict(s["finetuned"])
+    out.update(kw.get("params") or {})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def summary(clip_dir: Path) -> dict[str, Any]:
+    """The headline numbers (for the flow's return value and log)."""
+    m = Path(clip_dir) / "out/report/metrics.json"
+    return json.loads(m.read_text()) if m.is_file() else {}
