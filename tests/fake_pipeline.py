@@ -115,6 +115,10 @@ def merge(a):
         res["methods"][m] = entry
     wjson(f"{a.out}/merge.json", res)
     wcsv(f"{a.out}/merge_sweep.csv", rows)
+    Path(f"{a.out}/sweeps").mkdir(parents=True, exist_ok=True)
+    for m in a.methods:
+        for variant in ("baseline", "lines"):
+            wcsv(f"{a.out}/sweeps/{m}-{variant}.csv", [r for r in rows if r["method"] == m and r["variant"] == variant])
 
 
 def tc(t, g, s, tasks):
