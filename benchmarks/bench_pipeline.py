@@ -38,7 +38,9 @@ def _env(ws: Path) -> dict[str, str]:
 def _repro(ws: Path) -> tuple[float, float, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=_env(ws), capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=ws, env=_env(ws), capture_output=True, text=True
+    )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if res.returncode != 0:
@@ -48,9 +50,13 @@ def _repro(ws: Path) -> tuple[float, float, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--profile", type=Path, default=ROOT / "profiles" / "default.yaml")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_text_cpu.json")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline_text_cpu.json"
+    )
     ap.add_argument("--keep", type=Path, default=None, help="copy the workspace's out/report here")
     a = ap.parse_args()
     ws = Path(tempfile.mkdtemp(prefix="lines-bench-pipeline-"))
@@ -59,18 +65,34 @@ def main() -> None:
         shutil.copy(a.profile, ws / "params.yaml")
         shutil.copytree(ROOT / "lines", ws / "lines", ignore=shutil.ignore_patterns("__pycache__"))
         subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
-        subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=ws, check=True, env=_env(ws))
-        subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=ws, check=True, env=_env(ws))
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "init", "-q"], cwd=ws, check=True, env=_env(ws)
+        )
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "config", "core.analytics", "false"],
+            cwd=ws,
+            check=True,
+            env=_env(ws),
+        )
         load_before = os.getloadavg()
         cold_wall, cold_cpu, log = _repro(ws)
         load_after = os.getloadavg()
-        stages = {m.group(1): float(m.group(2)) for m in re.finditer(r"stage (\S+) done in ([\d.]+)s", log)}
+        stages = {
+            m.group(1): float(m.group(2))
+            for m in re.finditer(r"stage (\S+) done in ([\d.]+)s", log)
+        }
         names = re.findall(r"Running stage '([^']+)'", log)
         per_stage = dict(zip(names[1:], stages.values(), strict=False)) if stages else {}
         noop = [_repro(ws)[0] for _ in range(3)]
         result = {
-            "profile": str(a.profile.relative_to(ROOT)) if a.profile.is_relative_to(ROOT) else str(a.profile),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "profile": str(a.profile.relative_to(ROOT))
+            if a.profile.is_relative_to(ROOT)
+            else str(a.profile),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+            },
             "cold_repro_wall_s": round(cold_wall, 1),
             "cold_repro_cpu_s": round(cold_cpu, 1),
             "load_average_before": [round(x, 2) for x in load_before],
