@@ -64,6 +64,14 @@ DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": 
 # The methods' temporaries (stacks, masks, trimmed copies) are a small multiple of it.
 WORKING_SET_BYTES = 4 << 20
 _MIN_SLICE = 1 << 16
+# On a GPU the slices live in device memory and host memory holds only the readers' pinned
+# staging buffers, so slices are large: fewer, larger reads, copies and kernels (a slice of a few
+# hundred kilobytes makes a merge launch- and latency-bound).
+GPU_WORKING_SET_BYTES = 256 << 20
+
+
+def _working_set(device: torch.device) -> int:
+    return GPU_WORKING_SET_BYTES if device.type == "cuda" else WORKING_SET_BYTES
 
 # Methods whose merge_tensor/observe treat every entry independently given the statistics of the
 # passes (global thresholds), so a tensor may be fed to them in slices. A method can declare this
@@ -156,11 +164,18 @@ def _norm_part(t: torch.Tensor, kind: NormKind) -> torch.Tensor:
     return torch.as_tensor(tensor_norm_contrib(t, kind), dtype=torch.float64)
 
 
+def _deferred_float(t: torch.Tensor) -> float | torch.Tensor:
+    """A 0-d accumulator as a float now on the CPU (a Python float: no small long-lived tensor
+    between large temporaries in the C heap), left on the GPU until the end (no synchronisation
+    per key); ``float()`` of either gives the value."""
+    return t if t.is_cuda else float(t)
+
+
 def _prehash(cks: Sequence[Checkpoint]) -> Callable[[], None]:
     """Start the inputs' sha256 in a background thread (file reads and hashlib release the GIL,
     so it overlaps the merge); the returned function waits for it. ``Checkpoint.sha256`` caches
     its digest, so the manifest then reads it for free."""
-    pool = ThreadPoolExecutor(max(1, min(4, (os.cpu_count() or 2) // 4)), "lines-hash")
+    pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) // 2 - 1)), "lines-hash")
     futs: list[Future[str]] = [pool.submit(ck.sha256) for ck in cks]
     pool.shutdown(wait=False)
 
@@ -188,7 +203,7 @@ class TaskVectorStream:
 
     def __post_init__(self) -> None:
         self.float_keys = [k for k in self.base.keys() if self.base.info(k).dtype.is_floating_point]
-        per_input = WORKING_SET_BYTES // (4 * (len(self.finetuned) + 1))
+        per_input = _working_set(self.device) // (4 * (len(self.finetuned) + 1))
         self.slice_numel = max(_MIN_SLICE, per_input) if self.sliced else None
 
     def spans(self, key: str) -> list[tuple[int, int] | None]:
@@ -532,7 +547,7 @@ def _merge_direct(
     also measure ‖τ_MTL‖ = ‖τ_sum‖; a zero merged task vector is refused before the commit."""
     base = stream.base
     specs = [(k, _out_info(base.info(k), odt)) for k in base.keys()]
-    contrib: dict[str, float] | None = {} if norm is not None else None
+    contrib: dict[str, Any] | None = {} if norm is not None else None
     with SafetensorsWriter(
         plan.weights, specs, {"format": "pt", "producer": f"lines {__version__}"}
     ) as w:
@@ -552,7 +567,7 @@ def _merge_direct(
             )
         rep = None
         if norm is not None and contrib is not None:
-            total = finish_norm(sum(contrib.values()), norm)
+            total = finish_norm(sum(float(c) for c in contrib.values()), norm)
             rep = MergeReport(norm_sum=total, norm_mtl=total)
             auto_alpha(total, total, len(stream.finetuned))  # refuses τ_MTL = 0
         w.commit()
@@ -566,7 +581,7 @@ def _theta(
     lambdas: list[float],
     key: str,
     odt: torch.dtype | None,
-    contrib: dict[str, float] | None = None,
+    contrib: dict[str, Any] | None = None,
     norm: NormKind = "l1",
 ) -> Iterator[torch.Tensor]:
     """θ_0 + λ(ℓ)·τ_MTL for ``key``, slice by slice; with ``contrib``, record ‖τ_MTL[key]‖'s
@@ -582,7 +597,7 @@ def _theta(
             acc += _norm_part(tau, norm)
         yield (b + lam * tau).to(dtype).cpu()
     if contrib is not None:
-        contrib[key] = float(acc)
+        contrib[key] = _deferred_float(acc)
 
 
 def _merge_to_task_vector(
@@ -598,8 +613,8 @@ def _merge_to_task_vector(
     ``durable=False`` for a scratch τ file (read back at once, then deleted): no fsync."""
     base = stream.base
     specs = [(k, TensorInfo(base.info(k).shape, torch.float32)) for k in stream.float_keys]
-    contrib_sum: dict[str, float] = {}
-    contrib_mtl: dict[str, float] = {}
+    contrib_sum: dict[str, Any] = {}
+    contrib_mtl: dict[str, Any] = {}
     is_sum = method.merged_is_sum()
 
     def one(key: str) -> Iterator[torch.Tensor]:
@@ -615,8 +630,8 @@ def _merge_to_task_vector(
             c_sum += part_mtl if is_sum else _norm_part(stacked(taus).sum(0), norm)
             del taus
             yield merged.float().cpu()
-        contrib_sum[key] = float(c_sum)
-        contrib_mtl[key] = float(c_mtl)
+        contrib_sum[key] = _deferred_float(c_sum)
+        contrib_mtl[key] = _deferred_float(c_mtl)
 
     meta = {
         "format": "pt",
@@ -640,8 +655,8 @@ def _merge_to_task_vector(
         for key in dict.fromkeys(method.fixup_keys()):
             w.rewrite_parts(key, one(key))
         rep = MergeReport(
-            norm_sum=finish_norm(sum(contrib_sum.values()), norm),
-            norm_mtl=finish_norm(sum(contrib_mtl.values()), norm),
+            norm_sum=finish_norm(sum(float(c) for c in contrib_sum.values()), norm),
+            norm_mtl=finish_norm(sum(float(c) for c in contrib_mtl.values()), norm),
         )
         w.set_metadata(
             "lines_norms",
@@ -667,7 +682,7 @@ def _apply(
     Returns the output's sha256 (computed while writing)."""
     specs = [(k, _out_info(base.info(k), odt)) for k in base.keys()]
     tau_keys = set(tau.keys())
-    slice_numel = max(_MIN_SLICE, WORKING_SET_BYTES // 8)
+    slice_numel = max(_MIN_SLICE, _working_set(dev) // 8)
     scaled_keys = [
         k for k in base.keys() if k in tau_keys and base.info(k).dtype.is_floating_point
     ]

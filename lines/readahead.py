@@ -25,7 +25,6 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
 import torch
 
 from lines.errors import LinesError
@@ -44,41 +43,19 @@ def default_workers(device: torch.device, num_inputs: int) -> int:
 
 
 def check_finite(ck: Checkpoint, key: str, t: torch.Tensor) -> None:
-    """Raise LinesError if ``t`` holds a NaN or an Inf.
-
-    One float32 sum (NaN and ±Inf propagate through it) instead of ``isfinite(t).all()``, which
-    is several times slower on a CPU; only a non-finite sum, which also happens when finite values
-    overflow, gets the exact test. CPU tensors are summed with numpy: the reader threads call this
-    concurrently, and torch's own CPU kernels would each start a team of intra-op threads
-    (16 threads × 8 readers on a 16-core GPU host: oversubscribed and spinning)."""
+    """Raise LinesError if ``t`` holds a NaN or an Inf. One float32 sum (NaN and ±Inf propagate
+    through it) instead of ``isfinite(t).all()``, which is several times slower on a CPU; only a
+    non-finite sum, which also happens when finite values overflow, gets the exact test.
+    (A numpy sum in the reader threads was tried: slower on both the 2-core CPU and the H100 host,
+    see benchmarks/NOTES.md.)"""
     if not t.is_floating_point() or t.numel() == 0:
         return
-    if not t.is_cuda and t.dtype in _NP_FLOAT:
-        a = t.detach().reshape(-1).numpy()
-        with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(np.sum(a, dtype=np.float32 if a.itemsize <= 4 else np.float64)):
-                return
-            if np.isfinite(a).all():
-                return  # overflow of a large finite sum, not a bad value
-        kind = "NaN" if np.isnan(a).any() else "Inf"
-        raise LinesError(f"{ck.path}: {kind} in tensor '{key}'")
-    if not t.is_cuda and t.dtype == torch.bfloat16:
-        # bf16 has no numpy type: NaN/Inf ⇔ all exponent bits set
-        u = t.detach().reshape(-1).view(torch.int16).numpy()
-        bad = (u & 0x7F80) == 0x7F80
-        if not bad.any():
-            return
-        kind = "NaN" if ((u[bad] & 0x007F) != 0).any() else "Inf"
-        raise LinesError(f"{ck.path}: {kind} in tensor '{key}'")
     if math.isfinite(float(t.sum(dtype=torch.float32))):
         return
     if bool(torch.isfinite(t).all()):
-        return
+        return  # overflow of a large finite sum, not a bad value
     kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
     raise LinesError(f"{ck.path}: {kind} in tensor '{key}'")
-
-
-_NP_FLOAT = (torch.float32, torch.float16, torch.float64)
 
 
 class _Staging(threading.local):
@@ -115,10 +92,19 @@ class ReadAhead:
         self._checked: set[tuple[int, Hashable]] = set()
         self._lock = threading.Lock()
         n = workers if workers is not None else default_workers(device, len(self.cks))
-        self._pool = ThreadPoolExecutor(max(1, n), thread_name_prefix="lines-read")
+        # workers = 0: read in the caller's thread, nothing ahead
+        self._pool = ThreadPoolExecutor(n, thread_name_prefix="lines-read") if n > 0 else None
         self._pending: OrderedDict[Unit, list[Future[torch.Tensor]]] = OrderedDict()
         self._cuda = device.type == "cuda"
         self._staging = _Staging()
+        # each reader's pinned buffer is allocated once, at the largest unit it will read
+        self._max_bytes = 0
+        if self._cuda:
+            for key, span in self.order:
+                info = self.cks[0].info(key)
+                n = info.numel if span is None else span[1] - span[0]
+                esize = torch.empty((), dtype=info.dtype).element_size()
+                self._max_bytes = max(self._max_bytes, n * esize)
         self._closed = False
 
     # -- reading one (checkpoint, unit) in a worker thread
@@ -143,7 +129,8 @@ class ReadAhead:
             st.stream = torch.cuda.Stream(device=self.device)
         if st.buf is None or st.buf.numel() < nbytes:
             st.buf = None
-            st.buf = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8, pin_memory=True)
+            size = max(nbytes, self._max_bytes, 1 << 20)
+            st.buf = torch.empty(size, dtype=torch.uint8, pin_memory=True)
         host = ck.read_flat_into(key, start, stop, st.buf)
         self._maybe_check(i, ck, unit, host)
         with torch.cuda.stream(st.stream):
@@ -166,11 +153,14 @@ class ReadAhead:
     # -- scheduling
 
     def _submit(self, unit: Unit) -> list[Future[torch.Tensor]]:
+        assert self._pool is not None
         return [self._pool.submit(self._read, i, unit) for i in range(len(self.cks))]
 
     def get(self, unit: Unit) -> list[torch.Tensor]:
         if self._closed:
             raise RuntimeError("ReadAhead is closed")
+        if self._pool is None:
+            return [self._read(i, unit) for i in range(len(self.cks))]
         futs = self._pending.pop(unit, None)
         if futs is None:
             futs = self._submit(unit)
@@ -199,7 +189,8 @@ class ReadAhead:
             return
         self._closed = True
         self._pending.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         self._staging = _Staging()
 
     def __enter__(self) -> ReadAhead:

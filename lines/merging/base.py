@@ -151,14 +151,18 @@ def disjoint_mean(trimmed: Sequence[torch.Tensor], sign: torch.Tensor) -> torch.
     return selected.sum(0) / count
 
 
-def disjoint_mean_stacked(x: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+def disjoint_mean_stacked(
+    x: torch.Tensor, sign: torch.Tensor, with_count: bool = False
+) -> Any:
     """``disjoint_mean`` on an (N, …) stack, bit for bit, in fewer passes: with s = +1 where
     ``sign`` > 0 and −1 elsewhere, the selected entries are those with s·x > 0, so
-    Σ selected = s·Σ max(s·x, 0) (negation is exact) and the count is #(s·x > 0)."""
+    Σ selected = s·Σ max(s·x, 0) (negation is exact) and the count is #(s·x > 0).
+    ``with_count``: also return that count (before clamping to 1)."""
     s = torch.where(sign > 0, 1.0, -1.0).to(x.dtype)
     y = (x * s).clamp_(min=0)
-    count = (y > 0).sum(0).clamp_(min=1)
-    return y.sum(0).mul_(s) / count
+    count = (y > 0).sum(0)
+    out = y.sum(0).mul_(s) / count.clamp(min=1)
+    return (out, count) if with_count else out
 
 
 def float_bits(abs_values: torch.Tensor) -> torch.Tensor:
@@ -222,14 +226,17 @@ class MultiRadixSelect:
             if self._band is not None and self._kept is not None:
                 lo_b, hi_b = self._band
                 keep = (hi >= lo_b) & (hi <= hi_b)
-                for i in range(self.rows):
-                    sel = bits[i][keep[i]]
-                    c, at = sel.numel(), self._start[i] + self._len[i]
+                counts = keep.sum(1).tolist()  # one synchronisation per block on a GPU
+                sel = bits[keep]  # row-major: row 0's entries first
+                o = 0
+                for i, c in enumerate(counts):
+                    at = self._start[i] + self._len[i]
                     if self._len[i] + c > self._cap[i]:  # a poor bracket: pass 1 will run
                         self._kept = None
                         break
-                    self._kept[at : at + c].copy_(sel)
+                    self._kept[at : at + c].copy_(sel[o : o + c])
                     self._len[i] += c
+                    o += c
             if self.rows > 1:
                 hi += self._row_offsets(self.HI)
             self.hi += torch.bincount(hi.reshape(-1), minlength=self.rows * self.HI)

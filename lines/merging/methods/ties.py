@@ -53,8 +53,9 @@ class Ties(MergeMethod):
     def setup(self, num_models: int, total_entries: int, device: torch.device | str) -> None:
         self._trim = MagnitudeTrimmer(self.density, self.scope)
         self._trim.begin(num_models, total_entries, device)
-        self._sign_sum = 0
+        self._sign_sum: int | torch.Tensor = 0
         self._ambiguous: list[str] = []
+        self._pending: list[tuple[str, torch.Tensor]] = []  # GPU: flags read at the fix-up
         self._majority: int | None = None
 
     def observe(self, pass_idx: int, key: str, taus: Sequence[torch.Tensor]) -> None:
@@ -65,22 +66,36 @@ class Ties(MergeMethod):
 
     def merge_tensor(self, key: str, taus: Sequence[torch.Tensor]) -> torch.Tensor:
         x = self._trim.apply_stacked(stacked(taus))  # trimmed (N, …), a new tensor
-        sign = torch.sign(x.sum(0))
-        zero = sign == 0
-        if self._majority is None:
+        raw = torch.sign(x.sum(0))
+        zero = raw == 0
+        first = self._majority is None
+        majority = 1.0 if first else float(self._majority)  # type: ignore[arg-type]
+        sign = torch.where(zero, torch.full_like(raw, majority), raw)
+        out, count = disjoint_mean_stacked(x, sign, with_count=True)
+        if first:
             # First merge pass: accumulate the global majority; on exact ties (a zero sum with
             # non-zero entries) the result depends on it, so remember the key for a fix-up.
             # Count in int64: a float32 sum of more than 2^24 signs rounds and can flip the sign.
-            self._sign_sum += int(sign.sum(dtype=torch.int64))
-            if bool(zero.any()) and bool((x[:, zero] != 0).any()):
-                self._ambiguous.append(key)
-            majority = 1.0
-        else:
-            majority = float(self._majority)
-        sign = torch.where(zero, torch.full_like(sign, majority), sign)
-        return disjoint_mean_stacked(x, sign)
+            # A zero sum of non-zero entries has entries of both signs, so with the provisional
+            # majority +1 it is a zero-sum entry that kept something (no N× pass, no indexing).
+            # On a GPU both stay on the device until the fix-up (no synchronisation per slice).
+            signs = raw.sum(dtype=torch.int64)
+            tie = (zero & (count > 0)).any()
+            if tie.is_cuda:
+                self._sign_sum = self._sign_sum + signs
+                self._pending.append((key, tie))
+            else:
+                self._sign_sum += int(signs)
+                if bool(tie):
+                    self._ambiguous.append(key)
+        return out
 
     def fixup_keys(self) -> list[str]:
+        if self._pending:
+            flags = torch.stack([t for _, t in self._pending]).cpu().tolist()
+            self._ambiguous += [k for (k, _), f in zip(self._pending, flags, strict=True) if f]
+            self._pending = []
+        self._sign_sum = int(self._sign_sum)
         self._majority = 1 if self._sign_sum > 0 else (-1 if self._sign_sum < 0 else 0)
         # Provisional merges used +1; only a non-positive majority changes those entries.
         return self._ambiguous if self._majority <= 0 else []
