@@ -77,12 +77,11 @@ def main() -> None:
         load_before = os.getloadavg()
         cold_wall, cold_cpu, log = _repro(ws)
         load_after = os.getloadavg()
-        stages = {
-            m.group(1): float(m.group(2))
-            for m in re.finditer(r"stage (\S+) done in ([\d.]+)s", log)
-        }
+        times = [float(x) for x in re.findall(r"stage \S+ done in ([\d.]+)s", log)]
         names = re.findall(r"Running stage '([^']+)'", log)
-        per_stage = dict(zip(names[1:], stages.values(), strict=False)) if stages else {}
+        # `fetch` prints no "done in" line; map names to times only when every other stage did
+        # (a dict of stage names would collapse the foreach stages, which share one name).
+        per_stage = dict(zip(names[1:], times, strict=True)) if len(names) - 1 == len(times) else {}
         noop = [_repro(ws)[0] for _ in range(3)]
         result = {
             "profile": str(a.profile.relative_to(ROOT))
