@@ -73,6 +73,7 @@ GPU_WORKING_SET_BYTES = 256 << 20
 def _working_set(device: torch.device) -> int:
     return GPU_WORKING_SET_BYTES if device.type == "cuda" else WORKING_SET_BYTES
 
+
 # Methods whose merge_tensor/observe treat every entry independently given the statistics of the
 # passes (global thresholds), so a tensor may be fed to them in slices. A method can declare this
 # itself with an ``elementwise`` attribute; DARE (its masks are drawn per whole tensor) and the
@@ -316,6 +317,35 @@ def _base_manifest(kind: str) -> dict[str, Any]:
     }
 
 
+def _merge_manifest(
+    kind: str,
+    base: Checkpoint,
+    fts: Sequence[Checkpoint],
+    method: MergeMethod,
+    part: Partition,
+    pre_lines: tuple[float, float] | None,
+    pre_l: list[float] | None,
+    dev: torch.device,
+    hash_inputs: bool,
+) -> dict[str, Any]:
+    """The manifest fields every merge records: inputs, method, blocks, pre-merge LiNeS, device."""
+    manifest = _base_manifest(kind)
+    manifest.update(
+        {
+            "inputs": _inputs_manifest(base, fts, hash_inputs),
+            **method.describe(),
+            "family": part.family,
+            "num_blocks": part.num_blocks,
+            "block_policy": part.policy,
+            "pre_merge_lines": None
+            if pre_lines is None
+            else {"alpha": pre_lines[0], "beta": pre_lines[1], "lambdas": pre_l},
+            "device": str(dev),
+        }
+    )
+    return manifest
+
+
 def _finish(
     plan: OutputPlan, manifest: dict[str, Any], hash_output: bool, sha: str | None = None
 ) -> dict[str, Any]:
@@ -391,18 +421,11 @@ def merge_checkpoints(
 
             if hashed is not None:
                 hashed()
-            manifest = _base_manifest("merge")
+            manifest = _merge_manifest(
+                "merge", base, fts, method, part, pre_lines, pre_l, dev, hash_inputs
+            )
             manifest.update(
                 {
-                    "inputs": _inputs_manifest(base, fts, hash_inputs),
-                    **method.describe(),
-                    "family": part.family,
-                    "num_blocks": part.num_blocks,
-                    "block_policy": part.policy,
-                    "pre_merge_lines": None
-                    if pre_lines is None
-                    else {"alpha": pre_lines[0], "beta": pre_lines[1], "lambdas": pre_l},
-                    "device": str(dev),
                     "output": {"path": str(plan.out), "dtype": out_dtype or "as pretrained"},
                     **(extra_manifest or {}),
                 }
@@ -418,7 +441,13 @@ def merge_checkpoints(
             if not two_phase:
                 lambdas = scaling.lambdas(part.num_blocks, sum_alpha)
                 norms, sha = _merge_direct(
-                    stream, method, part, lambdas, plan, odt, progress,
+                    stream,
+                    method,
+                    part,
+                    lambdas,
+                    plan,
+                    odt,
+                    progress,
                     norm=scaling.norm if sum_alpha is not None else None,
                 )
                 if norms is None:
@@ -440,7 +469,12 @@ def merge_checkpoints(
                 f".{plan.weights.name}.tau.tmp.safetensors"
             )
             rep = _merge_to_task_vector(
-                stream, method, tau_path, scaling.norm, manifest, progress,
+                stream,
+                method,
+                tau_path,
+                scaling.norm,
+                manifest,
+                progress,
                 durable=tv_target is not None,
             )
             stream.close()
@@ -512,23 +546,16 @@ def build_task_vector(
         _statistics(stream, method)
         if hashed is not None:
             hashed()
-        manifest = _base_manifest("task_vector")
-        manifest.update(
-            {
-                "inputs": _inputs_manifest(base, fts, hash_inputs),
-                **method.describe(),
-                "family": part.family,
-                "num_blocks": part.num_blocks,
-                "block_policy": part.policy,
-                "pre_merge_lines": None
-                if pre_lines is None
-                else {"alpha": pre_lines[0], "beta": pre_lines[1], "lambdas": pre_l},
-                "device": str(dev),
-                "output": {"path": str(out), "dtype": "float32"},
-            }
+        manifest = _merge_manifest(
+            "task_vector", base, fts, method, part, pre_lines, pre_l, dev, hash_inputs
         )
+        manifest["output"] = {"path": str(out), "dtype": "float32"}
         rep = _merge_to_task_vector(stream, method, plan.weights, norm, manifest, progress)
-        manifest["norms"] = {"kind": norm, "task_vector_sum": rep.norm_sum, "merged_task_vector": rep.norm_mtl}
+        manifest["norms"] = {
+            "kind": norm,
+            "task_vector_sum": rep.norm_sum,
+            "merged_task_vector": rep.norm_mtl,
+        }
         manifest["num_models"] = len(fts)
         return _finish(plan, manifest, hash_output=True)
 
@@ -683,9 +710,7 @@ def _apply(
     specs = [(k, _out_info(base.info(k), odt)) for k in base.keys()]
     tau_keys = set(tau.keys())
     slice_numel = max(_MIN_SLICE, _working_set(dev) // 8)
-    scaled_keys = [
-        k for k in base.keys() if k in tau_keys and base.info(k).dtype.is_floating_point
-    ]
+    scaled_keys = [k for k in base.keys() if k in tau_keys and base.info(k).dtype.is_floating_point]
     order = [(k, s) for k in scaled_keys for s in _spans(base.info(k).numel, slice_numel)]
 
     def scaled(key: str) -> Iterator[torch.Tensor]:
