@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,15 @@ from lines import __version__
 from lines.errors import LinesError
 
 EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors end like every other error: one ``lines: error: …`` line, exit 2 (argparse
+    would print the whole usage first). Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"lines: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _float_or_auto(v: str) -> float | None:
@@ -31,7 +41,17 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
         required=True,
         help="output .safetensors file (manifest: same name .json) or folder",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier output of lines at --out (never anything else)",
+    )
+    p.add_argument(
+        "--allow-unusual",
+        action="store_true",
+        help="accept what is almost always a mistake: the same checkpoint twice, the pretrained "
+        "model as a fine-tuned one, --lines-alpha/--pre-lines-alpha < 0, --k < 1",
+    )
     p.add_argument(
         "--family",
         default=None,
@@ -107,7 +127,7 @@ def _field_type(f: dataclasses.Field[Any]) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     from lines.merging import all_methods
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lines",
         description="LiNeS layer scaling and model merging (Wang et al., ICLR 2025), tensor by tensor.",
     )
@@ -221,6 +241,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_usual(args: argparse.Namespace) -> None:
+    """Refuse values that are legal but almost always typos, unless --allow-unusual."""
+    if getattr(args, "allow_unusual", False):
+        return
+    for flag in ("lines_alpha", "pre_lines_alpha"):
+        v = getattr(args, flag, None)
+        if v is not None and v < 0:
+            raise LinesError(
+                f"--{flag.replace('_', '-')} {v} is negative (LiNeS shrinks shallow layers toward "
+                "θ_0; pass --allow-unusual if a negative α is meant)"
+            )
+    k = getattr(args, "m_k", None)
+    if k is not None and k < 1:
+        raise LinesError(
+            f"--k {k} keeps entries on which fewer than one task agrees, i.e. every entry "
+            "(pass --allow-unusual if this is meant)"
+        )
+
+
 def _scaling(args: argparse.Namespace, uniform: float) -> Any:
     from lines.scaling import Scaling
 
@@ -241,6 +280,10 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "progress": not args.no_progress and sys.stderr.isatty(),
         "hash_inputs": not args.no_hash,
     }
+
+
+def _merge_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {**_common_kwargs(args), "allow_duplicate_inputs": args.allow_unusual}
 
 
 def _method_params(args: argparse.Namespace, method_name: str) -> dict[str, Any]:
@@ -324,7 +367,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from lines.engine import edit_checkpoint
 
     m = edit_checkpoint(
-        args.pretrained, args.finetuned, args.gamma, args.out, **_common_kwargs(args)
+        args.pretrained, args.finetuned, args.gamma, args.out, **_merge_kwargs(args)
     )
     print(
         f"wrote {m['output']['path']}  (L = {m['num_blocks']}, λ = {_fmt(m['scaling']['lambdas'])})"
@@ -365,7 +408,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
             make_evaluate_command(args.eval_cmd),
             args.out,
             scaling=scaling,
-            **_common_kwargs(args),
+            **_merge_kwargs(args),
         )
         print(
             f"wrote {m['output']['path']}  (soup of {len(m['greedy_soup']['selected'])}: {m['greedy_soup']['selected']})"
@@ -382,7 +425,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         args.out,
         pre_lines=pre,
         save_task_vector=args.save_task_vector,
-        **_common_kwargs(args),
+        **_merge_kwargs(args),
     )
     alpha = m["scaling"].get("alpha_value")
     a = f", α = {alpha:.4g}" if alpha is not None else ""
@@ -410,7 +453,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         method,
         _scaling(args, 1.0),
         args.out,
-        **_common_kwargs(args),
+        **_merge_kwargs(args),
     )
     print(f"wrote {m['output']['path']}  ({m['method']}, L = {m['num_blocks']})")
     return 0
@@ -441,13 +484,34 @@ COMMANDS = {
 }
 
 
+class _StderrLines(logging.Handler):
+    """Shows the library's log lines (e.g. stale temporaries it removed) as ``lines: …`` on the
+    current ``sys.stderr``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"lines: {record.getMessage()}", file=sys.stderr)
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("lines")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines())
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _log_to_stderr()
     try:
+        _check_usual(args)
         return COMMANDS[args.command](args)
     except LinesError as e:
         print(f"lines: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # anything the library did not word itself: still one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"lines: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("lines: interrupted; nothing was written", file=sys.stderr)

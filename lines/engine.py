@@ -35,17 +35,15 @@ from lines.errors import LinesError
 from lines.families import Partition, partition_keys
 from lines.io import (
     Checkpoint,
-    OutputPlan,
     SafetensorsWriter,
     TensorInfo,
     open_checkpoint,
-    plan_output,
     sha256_file,
-    write_json_atomic,
 )
 from lines.merging import MergeMethod
 from lines.merging.base import TaskVectors, stacked
 from lines.merging.methods.wise_ft import WiseFT
+from lines.outputs import OutputPlan, check_distinct_inputs, plan_output
 from lines.readahead import ReadAhead, Unit, check_finite
 from lines.scaling import (
     NormKind,
@@ -352,8 +350,7 @@ def _finish(
     """``sha``: the output's sha256 as computed while writing it (saves reading it back)."""
     if hash_output:
         manifest["output"]["sha256"] = sha or sha256_file(plan.weights)
-    write_json_atomic(plan.manifest, manifest)
-    plan.finalize()
+    plan.publish(manifest)
     return manifest
 
 
@@ -365,6 +362,11 @@ class MergeReport:
     lambdas: list[float] = field(default_factory=list)
     norm_sum: float | None = None
     norm_mtl: float | None = None
+
+
+def _recipe(kind: str, method: MergeMethod | None, **kw: Any) -> dict[str, Any]:
+    """What determines an output besides its inputs: part of the output id (see lines.outputs)."""
+    return {"kind": kind, "lines": __version__, **(method.describe() if method else {}), **kw}
 
 
 def merge_checkpoints(
@@ -384,12 +386,22 @@ def merge_checkpoints(
     progress: bool = True,
     hash_inputs: bool = True,
     extra_manifest: dict[str, Any] | None = None,
+    allow_duplicate_inputs: bool = False,
 ) -> dict[str, Any]:
     """Merge ``finetuned`` into ``pretrained`` with ``method``, scale per block with ``scaling``
     (uniform λ, or LiNeS with given or automatic α), write ``out`` atomically with a manifest,
-    and return the manifest. Nothing is written if any input is bad."""
+    and return the manifest. Nothing is written if any input is bad (see ``lines.outputs`` for
+    what may be written where)."""
     dev = resolve_device(device)
     odt = _parse_dtype(out_dtype)
+    if not allow_duplicate_inputs:
+        check_distinct_inputs(pretrained, finetuned)
+    tv_target = Path(save_task_vector) if save_task_vector is not None else None
+    if tv_target is not None:
+        if tv_target.suffix != ".safetensors":
+            raise LinesError(f"{tv_target}: --save-task-vector must be a .safetensors file")
+        if tv_target.resolve() == Path(out).resolve():
+            raise LinesError(f"{tv_target}: --save-task-vector must differ from --out")
     with ExitStack() as stack:
         base = stack.enter_context(open_checkpoint(pretrained))
         fts = [stack.enter_context(open_checkpoint(f)) for f in finetuned]
@@ -400,108 +412,116 @@ def merge_checkpoints(
         check_compatible(base, fts)
         part = partition_keys(base.keys(), family, block_policy)
         inputs = [pretrained, *finetuned]
-        tv_target = Path(save_task_vector) if save_task_vector is not None else None
-        if tv_target is not None:
-            # Validate before the output is planned: a folder output's staging folder would leak.
-            if tv_target.suffix != ".safetensors":
-                raise LinesError(f"{tv_target}: --save-task-vector must be a .safetensors file")
-            if tv_target.resolve() == Path(out).resolve():
-                raise LinesError(f"{tv_target}: --save-task-vector must differ from --out")
-            plan_output(tv_target, inputs, overwrite)  # validation only (a .safetensors file)
-        plan = plan_output(out, inputs, overwrite, copy_from=Path(pretrained))
+        recipe = _recipe(
+            "merge",
+            method,
+            scaling=scaling.describe(),
+            family=part.family,
+            policy=part.policy,
+            pre_lines=pre_lines,
+            dtype=out_dtype,
+            extra=extra_manifest,
+        )
+        plan = stack.enter_context(
+            plan_output(out, inputs, overwrite, copy_from=Path(pretrained), recipe=recipe)
+        )
+        tv_plan = plan.companion(tv_target, overwrite) if tv_target is not None else None
         hashed = _prehash([base, *fts]) if hash_inputs else None
-        try:
-            pre_l = lines_lambdas(part.num_blocks, *pre_lines) if pre_lines is not None else None
-            stream = TaskVectorStream(
-                base, fts, dev, part, pre_l, progress, sliced=is_elementwise(method)
-            )
-            stack.callback(stream.close)
-            method.begin(len(fts), stream.total_entries(), dev)
-            _statistics(stream, method)
+        pre_l = lines_lambdas(part.num_blocks, *pre_lines) if pre_lines is not None else None
+        stream = TaskVectorStream(
+            base, fts, dev, part, pre_l, progress, sliced=is_elementwise(method)
+        )
+        stack.callback(stream.close)
+        method.begin(len(fts), stream.total_entries(), dev)
+        _statistics(stream, method)
 
-            if hashed is not None:
-                hashed()
-            manifest = _merge_manifest(
-                "merge", base, fts, method, part, pre_lines, pre_l, dev, hash_inputs
-            )
-            manifest.update(
-                {
-                    "output": {"path": str(plan.out), "dtype": out_dtype or "as pretrained"},
-                    **(extra_manifest or {}),
-                }
-            )
-            # τ_MTL = Σ τ_i (task arithmetic): the automatic α is 1/N before any norm is known,
-            # so θ is written in one pass (no τ file); the norms are still measured on the way.
-            sum_alpha = (
-                1.0 / len(fts)
-                if scaling.needs_norms and tv_target is None and method.merged_is_sum()
-                else None
-            )
-            two_phase = (scaling.needs_norms or tv_target is not None) and sum_alpha is None
-            if not two_phase:
-                lambdas = scaling.lambdas(part.num_blocks, sum_alpha)
-                norms, sha = _merge_direct(
-                    stream,
-                    method,
-                    part,
-                    lambdas,
-                    plan,
-                    odt,
-                    progress,
-                    norm=scaling.norm if sum_alpha is not None else None,
-                )
-                if norms is None:
-                    manifest["scaling"] = {**scaling.describe(), "lambdas": lambdas}
-                else:
-                    manifest["scaling"] = {
-                        **scaling.describe(),
-                        "alpha_value": sum_alpha,
-                        "lambdas": lambdas,
-                    }
-                    manifest["norms"] = {
-                        "kind": scaling.norm,
-                        "task_vector_sum": norms.norm_sum,
-                        "merged_task_vector": norms.norm_mtl,
-                    }
-                return _finish(plan, manifest, hash_output=True, sha=sha)
-
-            tau_path = tv_target or plan.weights.with_name(
-                f".{plan.weights.name}.tau.tmp.safetensors"
-            )
-            rep = _merge_to_task_vector(
+        if hashed is not None:
+            hashed()
+        manifest = _merge_manifest(
+            "merge", base, fts, method, part, pre_lines, pre_l, dev, hash_inputs
+        )
+        manifest.update(
+            {
+                "output": {"path": str(plan.out), "dtype": out_dtype or "as pretrained"},
+                **(extra_manifest or {}),
+            }
+        )
+        # τ_MTL = Σ τ_i (task arithmetic): the automatic α is 1/N before any norm is known,
+        # so θ is written in one pass (no τ file); the norms are still measured on the way.
+        sum_alpha = (
+            1.0 / len(fts)
+            if scaling.needs_norms and tv_plan is None and method.merged_is_sum()
+            else None
+        )
+        two_phase = (scaling.needs_norms or tv_plan is not None) and sum_alpha is None
+        if not two_phase:
+            lambdas = scaling.lambdas(part.num_blocks, sum_alpha)
+            norms, sha = _merge_direct(
                 stream,
                 method,
-                tau_path,
-                scaling.norm,
-                manifest,
+                part,
+                lambdas,
+                plan,
+                odt,
                 progress,
-                durable=tv_target is not None,
+                norm=scaling.norm if sum_alpha is not None else None,
             )
-            stream.close()
-            alpha = (
-                auto_alpha(rep.norm_sum, rep.norm_mtl, len(fts))
-                if scaling.needs_norms
-                else scaling.alpha
-            )
-            lambdas = scaling.lambdas(part.num_blocks, alpha)
-            try:
-                with open_checkpoint(tau_path) as tau_ck:
-                    sha = _apply(base, tau_ck, part, lambdas, plan, odt, dev, progress)
-            finally:
-                if tv_target is None:
-                    tau_path.unlink(missing_ok=True)
-            manifest["scaling"] = {**scaling.describe(), "alpha_value": alpha, "lambdas": lambdas}
-            manifest["norms"] = {
-                "kind": scaling.norm,
-                "task_vector_sum": rep.norm_sum,
-                "merged_task_vector": rep.norm_mtl,
-            }
-            if tv_target is not None:
-                manifest["task_vector_file"] = str(tv_target)
+            if norms is None:
+                manifest["scaling"] = {**scaling.describe(), "lambdas": lambdas}
+            else:
+                manifest["scaling"] = {
+                    **scaling.describe(),
+                    "alpha_value": sum_alpha,
+                    "lambdas": lambdas,
+                }
+                manifest["norms"] = {
+                    "kind": scaling.norm,
+                    "task_vector_sum": norms.norm_sum,
+                    "merged_task_vector": norms.norm_mtl,
+                }
             return _finish(plan, manifest, hash_output=True, sha=sha)
-        except BaseException:
-            plan.discard()
-            raise
+
+        # The τ file is a scratch file in the output's staging folder, or the companion output.
+        tau_plan = tv_plan or plan
+        tau_path = tv_plan.weights if tv_plan is not None else plan.scratch("tau.safetensors")
+        rep = _merge_to_task_vector(
+            stream,
+            method,
+            tau_path,
+            scaling.norm,
+            manifest,
+            progress,
+            durable=tv_plan is not None,
+            header=tau_plan.header_metadata(),
+        )
+        stream.close()
+        alpha = (
+            auto_alpha(rep.norm_sum, rep.norm_mtl, len(fts))
+            if scaling.needs_norms
+            else scaling.alpha
+        )
+        lambdas = scaling.lambdas(part.num_blocks, alpha)
+        with open_checkpoint(tau_path) as tau_ck:
+            sha = _apply(base, tau_ck, part, lambdas, plan, odt, dev, progress)
+        manifest["scaling"] = {**scaling.describe(), "alpha_value": alpha, "lambdas": lambdas}
+        manifest["norms"] = {
+            "kind": scaling.norm,
+            "task_vector_sum": rep.norm_sum,
+            "merged_task_vector": rep.norm_mtl,
+        }
+        if tv_plan is not None:
+            manifest["task_vector_file"] = str(tv_target)
+            # The saved τ_MTL gets the manifest ``build_task_vector`` would give it, published
+            # before the merge (see lines.outputs: companions).
+            tv_manifest = {k: v for k, v in manifest.items() if k not in ("output", "scaling")}
+            tv_manifest.update(
+                kind="task_vector",
+                output={"path": str(tv_target), "dtype": "float32"},
+                num_models=len(fts),
+            )
+            tv_manifest.pop("task_vector_file")
+            _finish(tv_plan, tv_manifest, hash_output=True)
+        return _finish(plan, manifest, hash_output=True, sha=sha)
 
 
 def build_task_vector(
@@ -518,6 +538,7 @@ def build_task_vector(
     device: str = "cpu",
     progress: bool = True,
     hash_inputs: bool = True,
+    allow_duplicate_inputs: bool = False,
 ) -> dict[str, Any]:
     """Write only the merged task vector τ_MTL (float32, floating keys) with ‖τ_sum‖ and ‖τ_MTL‖
     in its metadata, plus a manifest beside it. ``apply_task_vector`` (or an in-memory equivalent)
@@ -526,6 +547,8 @@ def build_task_vector(
     out = Path(out)
     if out.suffix != ".safetensors":
         raise LinesError(f"{out}: a task vector is written as a .safetensors file")
+    if not allow_duplicate_inputs:
+        check_distinct_inputs(pretrained, finetuned)
     with ExitStack() as stack:
         base = stack.enter_context(open_checkpoint(pretrained))
         fts = [stack.enter_context(open_checkpoint(f)) for f in finetuned]
@@ -535,7 +558,17 @@ def build_task_vector(
             )
         check_compatible(base, fts)
         part = partition_keys(base.keys(), family, block_policy)
-        plan = plan_output(out, [pretrained, *finetuned], overwrite)
+        recipe = _recipe(
+            "task_vector",
+            method,
+            family=part.family,
+            policy=part.policy,
+            pre_lines=pre_lines,
+            norm=norm,
+        )
+        plan = stack.enter_context(
+            plan_output(out, [pretrained, *finetuned], overwrite, recipe=recipe)
+        )
         hashed = _prehash([base, *fts]) if hash_inputs else None
         pre_l = lines_lambdas(part.num_blocks, *pre_lines) if pre_lines is not None else None
         stream = TaskVectorStream(
@@ -550,7 +583,9 @@ def build_task_vector(
             "task_vector", base, fts, method, part, pre_lines, pre_l, dev, hash_inputs
         )
         manifest["output"] = {"path": str(out), "dtype": "float32"}
-        rep = _merge_to_task_vector(stream, method, plan.weights, norm, manifest, progress)
+        rep = _merge_to_task_vector(
+            stream, method, plan.weights, norm, manifest, progress, header=plan.header_metadata()
+        )
         manifest["norms"] = {
             "kind": norm,
             "task_vector_sum": rep.norm_sum,
@@ -575,9 +610,7 @@ def _merge_direct(
     base = stream.base
     specs = [(k, _out_info(base.info(k), odt)) for k in base.keys()]
     contrib: dict[str, Any] | None = {} if norm is not None else None
-    with SafetensorsWriter(
-        plan.weights, specs, {"format": "pt", "producer": f"lines {__version__}"}
-    ) as w:
+    with SafetensorsWriter(plan.weights, specs, {"format": "pt", **plan.header_metadata()}) as w:
         float_set = set(stream.float_keys)
         for key in tqdm(
             base.keys(), desc="merge", unit="tensor", disable=not progress, leave=False
@@ -635,6 +668,7 @@ def _merge_to_task_vector(
     manifest: dict[str, Any],
     progress: bool,
     durable: bool = True,
+    header: dict[str, str] | None = None,
 ) -> MergeReport:
     """Stream τ_MTL (float32, floating keys) into ``tau_path`` and measure ‖τ_sum‖ and ‖τ_MTL‖.
     ``durable=False`` for a scratch τ file (read back at once, then deleted): no fsync."""
@@ -663,6 +697,7 @@ def _merge_to_task_vector(
     meta = {
         "format": "pt",
         "producer": f"lines {__version__}",
+        **(header or {}),
         "lines_task_vector": json.dumps(
             {
                 "method": manifest.get("method"),
@@ -722,9 +757,7 @@ def _apply(
 
     with (
         ReadAhead([base, tau], order, dev) as reader,
-        SafetensorsWriter(
-            plan.weights, specs, {"format": "pt", "producer": f"lines {__version__}"}
-        ) as w,
+        SafetensorsWriter(plan.weights, specs, {"format": "pt", **plan.header_metadata()}) as w,
     ):
         for key in tqdm(
             base.keys(), desc="apply", unit="tensor", disable=not progress, leave=False
@@ -782,8 +815,18 @@ def apply_task_vector(
         if extra:
             raise LinesError(f"{tau.path}: key '{extra[0]}' is not in the pretrained checkpoint")
         part = partition_keys(base.keys(), family, block_policy)
-        plan = plan_output(out, [pretrained, task_vector], overwrite, copy_from=Path(pretrained))
-        try:
+        recipe = _recipe(
+            "apply",
+            None,
+            scaling=scaling.describe(),
+            family=part.family,
+            policy=part.policy,
+            dtype=out_dtype,
+            num_models=num_models,
+        )
+        with plan_output(
+            out, [pretrained, task_vector], overwrite, copy_from=Path(pretrained), recipe=recipe
+        ) as plan:
             alpha = scaling.alpha
             norms = None
             if scaling.needs_norms:
@@ -827,9 +870,6 @@ def apply_task_vector(
                 }
             )
             return _finish(plan, manifest, hash_output=True, sha=sha)
-        except BaseException:
-            plan.discard()
-            raise
 
 
 def edit_checkpoint(

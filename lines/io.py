@@ -17,9 +17,7 @@ import os
 import pickle
 import queue
 import re
-import shutil
 import struct
-import tempfile
 import threading
 import warnings
 import zipfile
@@ -32,6 +30,7 @@ from typing import BinaryIO
 import torch
 
 from lines.errors import LinesError
+from lines.tempfiles import clean_stale, make_tmp_file, umask_mode
 
 ST_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -169,44 +168,29 @@ class SafetensorsCheckpoint(Checkpoint):
             self._f = open(self.path, "rb")
         except OSError as e:
             raise LinesError(f"{self.path}: cannot open ({e.strerror})") from None
-        head = self._f.read(8)
-        if len(head) < 8:
-            raise LinesError(
-                f"{self.path}: truncated or not a safetensors file (shorter than 8 bytes)"
-            )
-        (n,) = struct.unpack("<Q", head)
-        if n > _MAX_HEADER or 8 + n > size:
-            raise LinesError(f"{self.path}: corrupt or truncated safetensors header (length {n})")
         try:
-            header = json.loads(self._f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise LinesError(f"{self.path}: corrupt safetensors header (not JSON)") from None
-        if not isinstance(header, dict):
-            raise LinesError(f"{self.path}: corrupt safetensors header (not a JSON object)")
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        self._data_start = 8 + n
-        data_len = size - self._data_start
-        self._infos: dict[str, TensorInfo] = {}
-        self._offsets: dict[str, tuple[int, int]] = {}
-        for key, spec in header.items():
-            try:
-                dtype = ST_DTYPES[spec["dtype"]]
-                shape = tuple(int(s) for s in spec["shape"])
-                begin, end = (int(x) for x in spec["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise LinesError(f"{self.path}: corrupt safetensors entry for '{key}'") from None
-            info = TensorInfo(shape, dtype)
-            if end - begin != info.nbytes or begin < 0:
+            head = self._f.read(8)
+            if len(head) < 8:
                 raise LinesError(
-                    f"{self.path}: corrupt safetensors entry for '{key}' (size mismatch)"
+                    f"{self.path}: truncated or not a safetensors file (shorter than 8 bytes)"
                 )
-            if end > data_len:
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER or 8 + n > size:
                 raise LinesError(
-                    f"{self.path}: truncated file: '{key}' ends at byte {self._data_start + end}, "
-                    f"file has {size}"
+                    f"{self.path}: corrupt or truncated safetensors header (length {n})"
                 )
-            self._infos[key] = info
-            self._offsets[key] = (begin, end)
+            header = _parse_header(self.path, self._f.read(n))
+            self._data_start = 8 + n
+            data_len = size - self._data_start
+            self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+            self._infos: dict[str, TensorInfo] = {}
+            self._offsets: dict[str, tuple[int, int]] = {}
+            for key, spec in header.items():
+                self._infos[key], self._offsets[key] = _parse_entry(self.path, key, spec)
+            _check_layout(self.path, self._offsets, self._data_start, data_len)
+        except BaseException:
+            self._f.close()
+            raise
         # Stored order (by offset) is the natural streaming order: sequential reads.
         self._keys = sorted(self._infos, key=lambda k: self._offsets[k][0])
 
@@ -264,6 +248,92 @@ class SafetensorsCheckpoint(Checkpoint):
 
     def close(self) -> None:
         self._f.close()
+
+
+def _parse_header(path: Path, raw: bytes) -> dict[str, object]:
+    """The header JSON, checked as strictly as the safetensors library: an object, no duplicate
+    keys, ``__metadata__`` a map of strings."""
+
+    def no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        d: dict[str, object] = {}
+        for k, v in pairs:
+            if k in d:
+                raise LinesError(f"{path}: corrupt safetensors header (key '{k}' appears twice)")
+            d[k] = v
+        return d
+
+    try:
+        header = json.loads(raw, object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise LinesError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise LinesError(f"{path}: corrupt safetensors header (not a JSON object)")
+    meta = header.get("__metadata__")
+    if meta is not None and not (
+        isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+    ):
+        raise LinesError(
+            f"{path}: corrupt safetensors header (__metadata__ is not a map of strings)"
+        )
+    return header
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse_entry(path: Path, key: str, spec: object) -> tuple[TensorInfo, tuple[int, int]]:
+    """One tensor's dtype, shape and data offsets, each validated."""
+    if not isinstance(spec, dict):
+        raise LinesError(f"{path}: corrupt safetensors entry for '{key}' (not an object)")
+    dtype_name, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+    if (
+        not isinstance(dtype_name, str)
+        or not isinstance(shape, list)
+        or not isinstance(offsets, list)
+    ):
+        raise LinesError(f"{path}: corrupt safetensors entry for '{key}'")
+    if dtype_name not in ST_DTYPES:
+        raise LinesError(
+            f"{path}: corrupt safetensors entry for '{key}' (unknown dtype '{dtype_name}')"
+        )
+    if not all(_is_int(s) for s in shape) or any(s < 0 for s in shape):
+        raise LinesError(f"{path}: corrupt safetensors entry for '{key}' (shape {shape})")
+    if len(offsets) != 2 or not all(_is_int(x) for x in offsets):
+        raise LinesError(f"{path}: corrupt safetensors entry for '{key}' (data_offsets {offsets})")
+    begin, end = offsets
+    info = TensorInfo(tuple(shape), ST_DTYPES[dtype_name])
+    if begin < 0 or end < begin:
+        raise LinesError(f"{path}: corrupt safetensors entry for '{key}' (data_offsets {offsets})")
+    if end - begin != info.nbytes:
+        raise LinesError(f"{path}: corrupt safetensors entry for '{key}' (size mismatch)")
+    return info, (begin, end)
+
+
+def _check_layout(
+    path: Path, offsets: Mapping[str, tuple[int, int]], data_start: int, data_len: int
+) -> None:
+    """Tensors must tile the data section exactly: in bounds, contiguous from 0, no overlap, no
+    gap and nothing after the last one (what the safetensors library requires). A tensor whose
+    bytes were another's would otherwise be read silently."""
+    prev_end, prev_key = 0, None
+    for key, (begin, end) in sorted(offsets.items(), key=lambda kv: kv[1]):
+        if end > data_len:
+            raise LinesError(
+                f"{path}: truncated file: '{key}' ends at byte {data_start + end}, "
+                f"file has {data_start + data_len}"
+            )
+        if begin < prev_end:
+            raise LinesError(f"{path}: corrupt safetensors header ('{key}' overlaps '{prev_key}')")
+        if begin > prev_end:
+            raise LinesError(
+                f"{path}: corrupt safetensors header (gap of {begin - prev_end} bytes before '{key}')"
+            )
+        prev_end, prev_key = end, key
+    if prev_end != data_len:
+        raise LinesError(
+            f"{path}: corrupt safetensors file ({data_len - prev_end} bytes after the last tensor)"
+        )
 
 
 def _drop_pages(t: torch.Tensor, bounds: tuple[int, int] | None = None) -> None:
@@ -483,22 +553,6 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 # Writing
 
 
-def _umask_mode(folder: bool = False) -> int:
-    """The mode a plain ``open``/``mkdir`` would give: mkstemp/mkdtemp make 0600/0700 files,
-    which would leave every output readable by its owner only."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return (0o777 if folder else 0o666) & ~mask
-
-
-def _atomic_tmp(target: Path, suffix: str = "") -> Path:
-    fd, name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent
-    )
-    os.close(fd)
-    return Path(name)
-
-
 class _Sink:
     """Appends byte buffers to a file and hashes them in one background thread, so writing and
     sha256 overlap the caller's computing (file writes and hashlib release the GIL). At most
@@ -590,7 +644,8 @@ class SafetensorsWriter:
         # Spare header room (spaces are valid JSON padding) so metadata known only at the end,
         # such as norms, can be filled in without moving the data.
         self._header_len = len(raw) + reserve + (8 - (len(raw) + reserve) % 8) % 8
-        self.tmp = _atomic_tmp(self.target)
+        clean_stale(self.target)
+        self.tmp = make_tmp_file(self.target)
         self._f = open(self.tmp, "wb")
         head = struct.pack("<Q", self._header_len) + raw.ljust(self._header_len, b" ")
         self._f.write(head)
@@ -696,7 +751,7 @@ class SafetensorsWriter:
         if durable:
             os.fsync(self._f.fileno())
         self._f.close()
-        os.chmod(self.tmp, _umask_mode())
+        os.chmod(self.tmp, umask_mode())
         os.replace(self.tmp, self.target)
         self._done = True
         return self.target
@@ -724,10 +779,11 @@ class SafetensorsWriter:
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
-    tmp = _atomic_tmp(path)
+    clean_stale(path)
+    tmp = make_tmp_file(path)
     try:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -756,80 +812,3 @@ def iter_tensors(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     for k in keys if keys is not None else ck.keys():
         yield k, ck.get(k)
-
-
-# ----------------------------------------------------------------------------------------------
-# Output targets: a single safetensors file, or a Hugging Face-style folder
-
-
-@dataclass
-class OutputPlan:
-    """Where a result goes. ``weights`` is the final safetensors path, ``manifest`` the JSON beside
-    it. For a folder output the whole folder is built under a temporary name and renamed at the end."""
-
-    out: Path
-    weights: Path
-    manifest: Path
-    staging: Path | None = None  # temporary folder for folder outputs
-
-    def finalize(self) -> None:
-        if self.staging is not None:
-            os.chmod(self.staging, _umask_mode(folder=True))
-            if self.out.is_dir() and not self.out.is_symlink():
-                shutil.rmtree(self.out)
-            elif self.out.exists() or self.out.is_symlink():
-                self.out.unlink()
-            os.replace(self.staging, self.out)
-
-    def discard(self) -> None:
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def plan_output(
-    out: str | os.PathLike[str],
-    inputs: Iterable[str | os.PathLike[str]],
-    overwrite: bool = False,
-    copy_from: Path | None = None,
-) -> OutputPlan:
-    """Validate an output path and plan an atomic write.
-
-    ``OUT.safetensors`` writes that file and ``OUT.json`` beside it; any other name is a folder
-    holding ``model.safetensors``, ``lines_manifest.json`` and, when ``copy_from`` is a model
-    folder, its non-weight files (config, tokenizer) so the result loads with ``from_pretrained``.
-    Refuses an existing output (unless ``overwrite``) and an output that is one of the inputs.
-    """
-    o = Path(out)
-    resolved_inputs = {Path(i).resolve() for i in inputs}
-    is_file = o.suffix == ".safetensors"
-    manifest_path = o.with_suffix(".json") if is_file else o / "lines_manifest.json"
-    for cand in (o, manifest_path):
-        r = cand.resolve()
-        if r in resolved_inputs or any(r == i or i.is_relative_to(r) for i in resolved_inputs):
-            raise LinesError(f"{o}: output path is one of the inputs; refusing to overwrite it")
-    if o.exists() and not overwrite:
-        raise LinesError(f"{o}: output exists (pass --overwrite to replace it)")
-    if is_file and manifest_path.exists() and not overwrite:
-        raise LinesError(
-            f"{manifest_path}: output manifest exists (pass --overwrite to replace it)"
-        )
-    parent = o.parent if is_file else o.parent
-    if not parent.exists():
-        raise LinesError(f"{parent}: output folder does not exist")
-    if is_file:
-        return OutputPlan(out=o, weights=o, manifest=manifest_path)
-    staging = Path(tempfile.mkdtemp(prefix=f".{o.name}.", suffix=".tmp", dir=parent))
-    if copy_from is not None and copy_from.is_dir():
-        for f in copy_from.iterdir():
-            if (
-                f.is_file()
-                and f.name not in FOLDER_WEIGHT_FILES
-                and not f.name.endswith((".safetensors", ".bin", ".pt", ".pth"))
-            ):
-                shutil.copy2(f, staging / f.name)
-    return OutputPlan(
-        out=o,
-        weights=staging / "model.safetensors",
-        manifest=staging / "lines_manifest.json",
-        staging=staging,
-    )

@@ -211,29 +211,17 @@ def test_nan_inf_anywhere_leaves_nothing(tmp_path, run_cli, method, extra, where
 
 
 def test_existing_output_is_kept_without_overwrite(bert_ckpts, tmp_path, run_cli) -> None:
+    """An earlier output of lines is kept without --overwrite and replaced with it. (Foreign
+    files at the output are refused even with --overwrite: tests/test_safety.py.)"""
     out = tmp_path / "merged.safetensors"
-    out.write_bytes(b"precious bytes")
-    (tmp_path / "merged.json").write_text("{}")
+    d = tmp_path / "merged_dir"
+    for o in (out, d):
+        assert run_cli(merge_args(bert_ckpts, o, "ties")).code == 0
     before = snapshot(tmp_path)
     assert_refused(run_cli(merge_args(bert_ckpts, out)), str(out), "output exists", "--overwrite")
+    assert_refused(run_cli(merge_args(bert_ckpts, d)), str(d), "output exists", "--overwrite")
     assert snapshot(tmp_path) == before
 
-    # only the manifest exists: still refused
-    out2 = tmp_path / "other.safetensors"
-    (tmp_path / "other.json").write_text("{}")
-    before = snapshot(tmp_path)
-    assert_refused(run_cli(merge_args(bert_ckpts, out2)), "other.json", "output manifest exists")
-    assert snapshot(tmp_path) == before
-
-    # a folder output
-    d = tmp_path / "merged_dir"
-    d.mkdir()
-    (d / "keep.txt").write_text("x")
-    before = snapshot(tmp_path)
-    assert_refused(run_cli(merge_args(bert_ckpts, d)), str(d), "output exists")
-    assert snapshot(tmp_path) == before
-
-    # --overwrite replaces both, atomically, with a valid checkpoint
     r = run_cli(merge_args(bert_ckpts, out, "task_arithmetic", "--overwrite"))
     assert r.code == 0, r.err
     assert set(safetensors.torch.load_file(str(out))) == set(bert_ckpts.base)
@@ -241,6 +229,7 @@ def test_existing_output_is_kept_without_overwrite(bert_ckpts, tmp_path, run_cli
     r = run_cli(merge_args(bert_ckpts, d, "task_arithmetic", "--overwrite"))
     assert r.code == 0, r.err
     assert sorted(p.name for p in d.iterdir()) == ["lines_manifest.json", "model.safetensors"]
+    assert json.loads((d / "lines_manifest.json").read_text())["method"] == "task_arithmetic"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

@@ -201,7 +201,13 @@ def test_huge_finite_values_are_not_refused(tmp_path):
     b = save_state_dict(tmp_path / "b.safetensors", big)
     f = save_state_dict(tmp_path / "f.safetensors", {k: v.clone() for k, v in big.items()})
     merge_checkpoints(
-        b, [f, f], TaskArithmetic(), Scaling.uniform(1.0), tmp_path / "o.safetensors", **QUIET
+        b,
+        [f, f],
+        TaskArithmetic(),
+        Scaling.uniform(1.0),
+        tmp_path / "o.safetensors",
+        allow_duplicate_inputs=True,
+        **QUIET,
     )
 
 

@@ -57,11 +57,10 @@ from lines.clip.convert import canonical_visual, to_openclip
 from lines.errors import LinesError
 from lines.io import (
     open_checkpoint,
-    plan_output,
     save_state_dict,
     sha256_file,
-    write_json_atomic,
 )
+from lines.outputs import plan_output
 
 PathLike = str | os.PathLike[str]
 Towers = Literal["visual", "full"]
@@ -500,26 +499,28 @@ def prepare_checkpoint(
     o = Path(out)
     if o.suffix != ".safetensors":
         raise LinesError(f"{o}: the prepared checkpoint must be a .safetensors file")
-    plan = plan_output(o, [got.path], overwrite)
-    source = got.describe()
-    if hash_source and got.path.is_file():
-        source["sha256"] = sha256_file(got.path)
-    info = {"towers": towers, **prepared.report}
-    meta = {
-        "format": "pt",
-        "producer": f"lines {__version__}",
-        "lines_clip": json.dumps({"source": got.ref.text, **info}),
-    }
-    save_state_dict(plan.weights, prepared.state_dict, meta)
-    manifest = {
-        "kind": "clip-prepare",
-        "lines_version": __version__,
-        "source": source,
-        **info,
-        "num_tensors": len(prepared.state_dict),
-        "output": {"path": str(o), "sha256": sha256_file(plan.weights)},
-    }
-    write_json_atomic(plan.manifest, manifest)
+    with plan_output(
+        o, [got.path], overwrite, recipe={"kind": "clip-prepare", "ref": str(ref), "towers": towers}
+    ) as plan:
+        source = got.describe()
+        if hash_source and got.path.is_file():
+            source["sha256"] = sha256_file(got.path)
+        info = {"towers": towers, **prepared.report}
+        meta = {
+            "format": "pt",
+            **plan.header_metadata(),
+            "lines_clip": json.dumps({"source": got.ref.text, **info}),
+        }
+        save_state_dict(plan.weights, prepared.state_dict, meta)
+        manifest = {
+            "kind": "clip-prepare",
+            "lines_version": __version__,
+            "source": source,
+            **info,
+            "num_tensors": len(prepared.state_dict),
+            "output": {"path": str(o), "sha256": sha256_file(plan.weights)},
+        }
+        plan.publish(manifest)
     return manifest
 
 
@@ -669,43 +670,43 @@ def convert_pickled_module(
         raise LinesError(f"{s}: no such file")
     if d.suffix != ".safetensors":
         raise LinesError(f"{d}: the converted checkpoint must be a .safetensors file")
-    plan = plan_output(d, [s], overwrite)
-    stubbed: dict[str, int] = {}
-    try:
-        obj = torch.load(
-            s,
-            map_location="cpu",
-            weights_only=False,
-            pickle_module=_stub_unpickler_module(stubbed),
-        )
-    except Exception as e:  # noqa: BLE001 - one line for any failure inside the unpickler
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise LinesError(f"{s}: cannot unpickle ({msg})") from None
-    sd: dict[str, torch.Tensor] = {}
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            if isinstance(k, str) and isinstance(v, torch.Tensor):
-                sd[k] = v.detach()
-    else:
-        _module_state(obj, "", sd)
-    if not sd:
-        kind = getattr(obj, "_lines_global", type(obj).__name__)
-        raise LinesError(f"{s}: no module parameters found in the pickled {kind}")
-    sd = {k: v.contiguous().clone() for k, v in sd.items()}
-    meta = {
-        "format": "pt",
-        "producer": f"lines {__version__}",
-        "lines_converted_from": s.name,
-    }
-    save_state_dict(plan.weights, sd, meta)
-    manifest = {
-        "kind": "clip-convert-pickled-module",
-        "lines_version": __version__,
-        "source": {"path": str(s), "sha256": sha256_file(s)},
-        "root_class": getattr(obj, "_lines_global", type(obj).__name__),
-        "stubbed_globals": sorted(stubbed),
-        "num_tensors": len(sd),
-        "output": {"path": str(d), "sha256": sha256_file(plan.weights)},
-    }
-    write_json_atomic(plan.manifest, manifest)
+    with plan_output(d, [s], overwrite, recipe={"kind": "clip-convert-pickled-module"}) as plan:
+        stubbed: dict[str, int] = {}
+        try:
+            obj = torch.load(
+                s,
+                map_location="cpu",
+                weights_only=False,
+                pickle_module=_stub_unpickler_module(stubbed),
+            )
+        except Exception as e:  # noqa: BLE001 - one line for any failure inside the unpickler
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise LinesError(f"{s}: cannot unpickle ({msg})") from None
+        sd: dict[str, torch.Tensor] = {}
+        if isinstance(obj, Mapping):
+            for k, v in obj.items():
+                if isinstance(k, str) and isinstance(v, torch.Tensor):
+                    sd[k] = v.detach()
+        else:
+            _module_state(obj, "", sd)
+        if not sd:
+            kind = getattr(obj, "_lines_global", type(obj).__name__)
+            raise LinesError(f"{s}: no module parameters found in the pickled {kind}")
+        sd = {k: v.contiguous().clone() for k, v in sd.items()}
+        meta = {
+            "format": "pt",
+            **plan.header_metadata(),
+            "lines_converted_from": s.name,
+        }
+        save_state_dict(plan.weights, sd, meta)
+        manifest = {
+            "kind": "clip-convert-pickled-module",
+            "lines_version": __version__,
+            "source": {"path": str(s), "sha256": sha256_file(s)},
+            "root_class": getattr(obj, "_lines_global", type(obj).__name__),
+            "stubbed_globals": sorted(stubbed),
+            "num_tensors": len(sd),
+            "output": {"path": str(d), "sha256": sha256_file(plan.weights)},
+        }
+        plan.publish(manifest)
     return manifest

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,9 @@ from lines.engine import merge_checkpoints
 from lines.errors import LinesError
 from lines.merging.methods.uniform_soup import UniformSoup
 from lines.merging.methods.wise_ft import WiseFT
+from lines.outputs import check_distinct_inputs, check_output
 from lines.scaling import Scaling
+from lines.tempfiles import make_tmp_dir
 
 PathLike = str | os.PathLike[str]
 
@@ -42,11 +43,15 @@ def greedy_soup(
     if len(scores) != len(finetuned):
         raise LinesError(f"greedy_soup has {len(scores)} scores for {len(finetuned)} models")
     scaling = scaling or Scaling.uniform(1.0)
+    if not kwargs.get("allow_duplicate_inputs", False):
+        check_distinct_inputs(pretrained, finetuned)
+    # Every output check now, not after the evaluations.
+    check_output(out, [pretrained, *finetuned], kwargs.get("overwrite", False), Path(pretrained))
     order = sorted(range(len(finetuned)), key=lambda i: -scores[i])
     selected, best = [order[0]], float(scores[order[0]])
     history: list[dict[str, Any]] = [{"models": [order[0]], "score": best, "accepted": True}]
     quiet = {**kwargs, "progress": False, "hash_inputs": False, "overwrite": True}
-    tmpdir = Path(tempfile.mkdtemp(prefix=".greedy-soup-", dir=Path(out).parent))
+    tmpdir = make_tmp_dir(Path(out))  # named for ``out``: a crashed run's is cleaned by the next
     try:
         for i in order[1:]:
             cand = selected + [i]
