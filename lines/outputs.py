@@ -37,11 +37,8 @@ import errno
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import shutil
-import stat
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,204 +46,37 @@ from typing import Any
 
 from lines import __version__
 from lines.errors import LinesError
-from lines.tempfiles import clean_stale, make_tmp_dir, remove_path, tmp_name, umask_mode
-
-log = logging.getLogger("lines")
-
-WEIGHTS_NAME = "model.safetensors"
-MANIFEST_NAME = "lines_manifest.json"
-# Weight files never copied from the pretrained folder into a folder output (it gets its own).
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_WEIGHT_FILES = (
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
+from lines.output_rules import (
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    Inputs,
+    check_distinct_inputs,
+    check_not_cwd,
+    copied_files,
+    decide,
+    file_state,
+    folder_state,
+    header_metadata,
+    ident,
+    manifest_path_of,
+    read_manifest,
+    target_path,
 )
+from lines.tempfiles import clean_stale, make_tmp_dir, remove_path, tmp_name, umask_mode
 
 PathLike = str | os.PathLike[str]
 
-
-# ----------------------------------------------------------------------------------------------
-# What a path is
-
-
-def _ident(p: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(p)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def _kind(p: Path) -> str:
-    try:
-        mode = os.lstat(p).st_mode
-    except OSError:
-        return "missing"
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
-
-
-def header_metadata(path: Path) -> dict[str, Any] | None:
-    """The ``__metadata__`` of a safetensors file's header, or None if the file is not one."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return None
-            (n,) = struct.unpack("<Q", head)
-            if n > 100 * 1024 * 1024:
-                return None
-            header = json.loads(f.read(n))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(header, dict):
-        return None
-    meta = header.get("__metadata__") or {}
-    return meta if isinstance(meta, dict) else None
-
-
-def _written_by_lines(meta: Mapping[str, Any] | None) -> bool:
-    return meta is not None and str(meta.get("producer", "")).startswith("lines")
-
-
-def read_manifest(path: Path) -> dict[str, Any] | None:
-    """A manifest written by ``lines`` (a JSON object with ``lines_version``), else None."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) and "lines_version" in obj else None
-
-
-def _manifest_id(man: Mapping[str, Any] | None) -> str | None:
-    out = (man or {}).get("output")
-    return out.get("id") if isinstance(out, dict) else None
-
-
-def manifest_path_of(target: Path) -> Path:
-    """Where the manifest of the output ``target`` lives."""
-    target = Path(target)
-    return (
-        target.with_suffix(".json") if target.suffix == ".safetensors" else target / MANIFEST_NAME
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Inputs vs output
-
-
-def _target_path(out: Path) -> Path:
-    """``out`` made absolute with its parent's symlinks resolved, but not ``out`` itself (a
-    symlink at ``out`` must be seen as one, not followed)."""
-    if out.name in ("", ".", ".."):
-        return out.resolve()
-    return out.parent.resolve() / out.name
-
-
-@dataclass
-class _Inputs:
-    """The inputs' identities: every input file (and every file of an input folder), every
-    input folder, and a stat of each for the output id."""
-
-    paths: list[Path]
-    files: dict[tuple[int, int], Path] = field(default_factory=dict)
-    dirs: dict[tuple[int, int], Path] = field(default_factory=dict)
-    stats: list[tuple[str, int, int]] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, inputs: Iterable[PathLike]) -> _Inputs:
-        self = cls([Path(i).resolve() for i in inputs])
-        for p in self.paths:
-            ident = _ident(p)
-            if ident is None:
-                continue
-            if p.is_dir():
-                self.dirs[ident] = p
-                with contextlib.suppress(OSError):
-                    for e in sorted(os.scandir(p), key=lambda e: e.name):
-                        if e.is_file():
-                            st = e.stat()
-                            self.files[(st.st_dev, st.st_ino)] = p
-                            self.stats.append((e.path, st.st_size, st.st_mtime_ns))
-            else:
-                self.files[ident] = p
-                st = p.stat()
-                self.stats.append((str(p), st.st_size, st.st_mtime_ns))
-        return self
-
-    def check(self, shown: Path, target: Path, *also: Path) -> None:
-        """Refuse an output (``target`` and the other paths it writes) that is, contains, or lies
-        inside an input."""
-        for cand in (target, *also):
-            ident = _ident(cand)
-            if ident is not None and (ident in self.files or ident in self.dirs):
-                raise LinesError(
-                    f"{shown}: output path is one of the inputs; refusing to overwrite it"
-                )
-        tid = _ident(target) if target.is_dir() else None
-        for p in self.paths:
-            if p.is_relative_to(target) or (
-                tid is not None and any(_ident(a) == tid for a in p.parents)
-            ):
-                raise LinesError(f"{shown}: output contains the input {p}; refusing to write there")
-        for a in target.parents:
-            inside = self.dirs.get(_ident(a))  # type: ignore[arg-type]
-            if inside is not None:
-                raise LinesError(
-                    f"{shown}: output lies inside the input folder {inside}; refusing to write there"
-                )
-
-
-def _check_not_cwd(shown: Path, target: Path) -> None:
-    if target.parent == target:
-        raise LinesError(f"{shown}: the file-system root cannot be an output")
-    cwd = Path.cwd().resolve()
-    tid = _ident(target)
-    if (
-        target == cwd
-        or target in cwd.parents
-        or (tid is not None and any(_ident(a) == tid for a in (cwd, *cwd.parents)))
-    ):
-        raise LinesError(
-            f"{shown}: output is the working directory or one of its parents; refusing to write there"
-        )
-
-
-def check_distinct_inputs(pretrained: PathLike, finetuned: Iterable[PathLike]) -> None:
-    """Refuse the same checkpoint given twice among the fine-tuned ones, or the pretrained one
-    given as fine-tuned (by path and by device+inode): almost always a typo, and a zero task
-    vector that would silently weigh the average."""
-    seen: dict[object, Path] = {}
-    pre = Path(pretrained)
-    pre_keys = {pre.resolve(), _ident(pre)} - {None}
-    for f in finetuned:
-        p = Path(f)
-        keys = {p.resolve(), _ident(p)} - {None}
-        if keys & pre_keys:
-            raise LinesError(
-                f"{p}: the pretrained checkpoint is also given as a fine-tuned one "
-                "(pass --allow-unusual if this is meant)"
-            )
-        for k in keys:
-            if k in seen:
-                raise LinesError(
-                    f"{p}: the same fine-tuned checkpoint is given twice ({seen[k]}) "
-                    "(pass --allow-unusual if this is meant)"
-                )
-        for k in keys:
-            seen[k] = p
-
+__all__ = [
+    "MANIFEST_NAME",
+    "WEIGHTS_NAME",
+    "OutputLock",
+    "OutputPlan",
+    "check_distinct_inputs",
+    "check_output",
+    "header_metadata",
+    "plan_output",
+    "read_manifest",
+]
 
 # ----------------------------------------------------------------------------------------------
 # One writer at a time
@@ -280,7 +110,7 @@ class OutputLock:
                     f"(lock {self.path.name}); wait for it or choose another --out"
                 ) from None
             st = os.fstat(fd)
-            if _ident(self.path) == (st.st_dev, st.st_ino):
+            if ident(self.path) == (st.st_dev, st.st_ino):
                 self._fd = fd
                 return
             os.close(fd)  # removed by its previous holder while we waited: take the new one
@@ -375,96 +205,6 @@ def write_json_durable(path: Path, obj: object) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# What is at the output now
-
-
-@dataclass(frozen=True)
-class _State:
-    kind: str  # "absent" | "complete" | "incomplete" | "foreign"
-    reason: str = ""
-
-
-def _file_state(target: Path) -> _State:
-    man_path = manifest_path_of(target)
-    for p in (target, man_path):
-        k = _kind(p)
-        if k not in ("missing", "a regular file"):
-            what = "output" if p == target else "output manifest"
-            return _State("foreign", f"{p}: {what} exists and is {k}")
-    has_w, has_m = target.exists(), man_path.exists()
-    meta = header_metadata(target) if has_w else None
-    if has_w and not _written_by_lines(meta):
-        return _State("foreign", f"{target}: output exists and was not written by lines")
-    man = read_manifest(man_path) if has_m else None
-    if has_m and man is None:
-        return _State("foreign", f"{man_path}: output manifest exists and was not written by lines")
-    if not has_w and not has_m:
-        return _State("absent")
-    if not has_w:
-        return _State("incomplete", "a manifest without its weights")
-    wid = (meta or {}).get("lines_output_id")
-    mid = _manifest_id(man)
-    if has_m and wid and mid and wid != mid:
-        return _State("incomplete", "weights that their manifest does not describe")
-    primary = (meta or {}).get("lines_output_of")
-    if primary and wid and _manifest_id(read_manifest(manifest_path_of(Path(primary)))) != wid:
-        return _State("incomplete", f"written with {primary}, which was never published")
-    return _State("complete")
-
-
-def _folder_state(target: Path, may_write: set[str]) -> _State:
-    k = _kind(target)
-    if k == "missing":
-        return _State("absent")
-    if k != "a folder":
-        return _State("foreign", f"{target}: output exists and is {k}, not a folder of lines")
-    if os.path.ismount(target):
-        return _State("foreign", f"{target}: output exists and is a mount point")
-    man = read_manifest(target / MANIFEST_NAME) if (target / MANIFEST_NAME).is_file() else None
-    if man is None:
-        return _State("foreign", f"{target}: output exists and holds no lines manifest")
-    recorded = (man.get("output") or {}).get("files") or []
-    allowed = {WEIGHTS_NAME, MANIFEST_NAME, *may_write, *map(str, recorded)}
-    for e in sorted(os.scandir(target), key=lambda e: e.name):
-        if e.is_symlink() or not e.is_file():
-            return _State("foreign", f"{target}: output exists and holds {e.name}, not a file")
-        if e.name not in allowed:
-            return _State(
-                "foreign", f"{target}: output exists and holds {e.name}, which lines did not write"
-            )
-    return _State("complete")
-
-
-def _copied_files(copy_from: Path | None) -> list[Path]:
-    """The non-weight files of a model folder (config, tokenizer) that a folder output copies."""
-    if copy_from is None or not copy_from.is_dir():
-        return []
-    return sorted(
-        f
-        for f in copy_from.iterdir()
-        if f.is_file()
-        and f.name not in (WEIGHTS_NAME, MANIFEST_NAME, *_WEIGHT_FILES)
-        and not f.name.endswith(_WEIGHT_SUFFIXES)
-    )
-
-
-def _decide(shown: Path, state: _State, overwrite: bool) -> None:
-    if state.kind == "foreign":
-        raise LinesError(
-            f"{state.reason}; refusing to replace it (--overwrite replaces only an earlier "
-            "output of lines)"
-        )
-    if state.kind == "complete" and not overwrite:
-        raise LinesError(f"{shown}: output exists (pass --overwrite to replace it)")
-    if state.kind == "incomplete":
-        log.info(
-            "replacing an incomplete output at %s (%s, left by an interrupted run)",
-            shown,
-            state.reason,
-        )
-
-
-# ----------------------------------------------------------------------------------------------
 # The plan
 
 
@@ -487,7 +227,7 @@ class OutputPlan:
     primary: Path | None = None  # for a companion file (e.g. --save-task-vector)
     companions: list[OutputPlan] = field(default_factory=list)
     _scratch: list[Path] = field(default_factory=list)
-    _inputs: _Inputs | None = None
+    _inputs: Inputs | None = None
     _done: bool = False
 
     def header_metadata(self) -> dict[str, str]:
@@ -509,7 +249,7 @@ class OutputPlan:
         o = Path(out)
         if o.suffix != ".safetensors":
             raise LinesError(f"{o}: must be a .safetensors file")
-        t = _target_path(o)
+        t = target_path(o)
         own = (self.target, manifest_path_of(self.target))
         if t in own or manifest_path_of(t) in own:
             raise LinesError(f"{o}: must differ from --out and its manifest")
@@ -585,7 +325,7 @@ class OutputPlan:
             raise LinesError(f"{where}: cannot write the output ({exc.strerror or exc})") from None
 
 
-def _output_id(inputs: _Inputs, target: Path, recipe: Mapping[str, Any] | None) -> str:
+def _output_id(inputs: Inputs, target: Path, recipe: Mapping[str, Any] | None) -> str:
     blob = json.dumps(
         {"inputs": inputs.stats, "out": str(target), "recipe": recipe or {}},
         sort_keys=True,
@@ -596,7 +336,7 @@ def _output_id(inputs: _Inputs, target: Path, recipe: Mapping[str, Any] | None) 
 
 def _plan(
     o: Path,
-    inputs: _Inputs,
+    inputs: Inputs,
     overwrite: bool,
     copy_from: Path | None,
     output_id: str | None,
@@ -604,21 +344,21 @@ def _plan(
     primary: Path | None = None,
 ) -> OutputPlan:
     is_file = o.suffix == ".safetensors"
-    target = _target_path(o)
+    target = target_path(o)
     man_target = manifest_path_of(target)
     if not o.parent.exists():
         raise LinesError(f"{o.parent}: output folder does not exist")
     if not target.parent.is_dir():
         raise LinesError(f"{o.parent}: not a folder")
-    _check_not_cwd(o, target)
+    check_not_cwd(o, target)
     inputs.check(o, target, man_target)
-    copied = _copied_files(copy_from) if not is_file else []
+    copied = copied_files(copy_from) if not is_file else []
     lock = OutputLock(target, o)
     lock.acquire()
     try:
         clean_stale(target)
-        state = _file_state(target) if is_file else _folder_state(target, {f.name for f in copied})
-        _decide(o, state, overwrite)
+        state = file_state(target) if is_file else folder_state(target, {f.name for f in copied})
+        decide(o, state, overwrite)
         try:
             staging = make_tmp_dir(target)
         except OSError as e:
@@ -663,7 +403,7 @@ def plan_output(
     its non-weight files (config, tokenizer) so the result loads with ``from_pretrained``.
     ``recipe`` (the method, its parameters, …) goes into the output id with the inputs' stats.
     """
-    return _plan(Path(out), _Inputs.of(inputs), overwrite, copy_from, None, recipe)
+    return _plan(Path(out), Inputs.of(inputs), overwrite, copy_from, None, recipe)
 
 
 def check_output(
