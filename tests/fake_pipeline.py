@@ -61,16 +61,41 @@ def trace(what, stage):
             f.write(f"{what} {stage} {time.time():.3f} {os.getpid()}\n")
 
 
+def stub(name, **attrs):
+    m = sys.modules.get(name) or types.ModuleType(name)
+    m.__dict__.update(attrs)
+    sys.modules[name] = m
+    return m
+
+
+def load(name, path):
+    """A real module of the project, loaded from its file without importing `lines` (torch)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    m = importlib.util.module_from_spec(spec)
+    sys.modules[name] = m
+    spec.loader.exec_module(m)
+    return m
+
+
+METHOD_KEYS = {"ties_density": float, "ties_scope": str, "consensus_k": int, "tall_lambda": float,
+               "dare_drop_rate": float}
+
+
+def add_method_options(p, skip=(), grid_nargs="+"):
+    # The merge options the real parser generates from the methods (which import torch).
+    for m in ("task_arithmetic", "ties", "consensus", "dare", "magnitude_prune"):
+        p.add_argument(f"--{m}_lambdas", nargs=grid_nargs, type=float, default=None)
+        p.add_argument(f"--{m}_betas", nargs=grid_nargs, type=float, default=None)
+    for k, typ in METHOD_KEYS.items():
+        p.add_argument(f"--{k}", type=typ, default=None)
+
+
 def parser():
     # The real stage parser, loaded from its file so that `lines` (and torch) is not imported.
-    errors = types.ModuleType("lines.errors")
-    errors.LinesError = type("LinesError", (Exception,), {})
-    for name, mod in {"lines": types.ModuleType("lines"), "lines.errors": errors}.items():
-        sys.modules.setdefault(name, mod)
-    spec = importlib.util.spec_from_file_location("_stages", "lines/pipeline/stages.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    return m.build_parser()
+    stub("lines")
+    stub("lines.errors", LinesError=type("LinesError", (Exception,), {}))
+    stub("lines.merging.options", add_method_options=add_method_options)
+    return load("_stages", "lines/pipeline/stages.py").build_parser()
 
 
 def base_eval(a):
@@ -166,16 +191,14 @@ def wiseft(a):
 
 
 def report(a):
-    # The real report code, with `lines.pipeline.common` replaced by its three JSON helpers.
-    common = types.ModuleType("lines.pipeline.common")
-    common.mean = mean
-    common.read_json = lambda p: json.loads(Path(p).read_text())
-    common.write_json = wjson
-    sys.modules.update({"lines": types.ModuleType("lines"), "lines.pipeline": types.ModuleType("lines.pipeline"),
-                        "lines.pipeline.common": common})
-    spec = importlib.util.spec_from_file_location("_report", "lines/pipeline/report.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
+    # The real report code (lines/protocol/*, lines/pipeline/report.py) loaded from its files.
+    stub("lines")
+    stub("lines.errors", LinesError=type("LinesError", (Exception,), {}))
+    stub("lines.protocol")
+    stub("lines.io", write_json_atomic=lambda path, obj: wjson(path, obj))
+    for name in ("scores", "results", "report"):
+        load(f"lines.protocol.{name}", f"lines/protocol/{name}.py")
+    m = load("_report", "lines/pipeline/report.py")
     m.run_report(a.base_eval, a.heads / "heads.json", a.edit, a.merge, a.soups, a.wiseft, a.out,
                  suite=a.suite, backbone=a.backbone)
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from lines.clip.datasets import Split
 from lines.clip.heads import ZeroShotHead
+from lines.engine import resolve_device  # the one device parser
 from lines.errors import LinesError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -376,16 +377,6 @@ def summarize(results: Sequence[EvalResult]) -> dict[str, Any]:
 # One checkpoint over several tasks: what a pipeline step calls
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LinesError(f"device '{device}' requested but CUDA is not available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise LinesError(f"unknown device '{device}' (choose cpu, cuda or auto)")
-    return torch.device(device)
-
-
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike[str],
     tasks: Sequence[str],
@@ -416,7 +407,7 @@ def evaluate_checkpoint(
     from lines.clip.model import build_image_encoder, build_text_encoder, tensors_digest
     from lines.io import load_state_dict
 
-    dev = _device(device)
+    dev = resolve_device(device)
     encoder = build_image_encoder(load_state_dict(checkpoint), heads=heads, quick_gelu=quick_gelu)
     full, _ = to_openclip(load_state_dict(text_checkpoint))
     _, text_sd, rest = split_openclip(full)

@@ -33,6 +33,13 @@ class MergeMethod(ABC):
     # Entries per task vector the method wants to see, as evenly spread windows of every tensor,
     # before its statistics passes (``observe``/``end_pass`` with pass_idx = -1); 0 = none.
     stats_sample: ClassVar[int] = 0
+    # Whether τ_MTL of an entry depends only on that entry's N values, so the engine may merge a
+    # tensor in slices. Declared by each method (a property where a parameter decides it, e.g.
+    # TIES's per-tensor trim); False, the safe answer, for a method that says nothing.
+    elementwise: ClassVar[bool] = False
+    # Pipeline keys of the parameters that are not named ``<method>_<field>`` in the params'
+    # ``merge`` section (see ``lines.merging.params``): field → key.
+    param_keys: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         self.validate()
@@ -151,9 +158,7 @@ def disjoint_mean(trimmed: Sequence[torch.Tensor], sign: torch.Tensor) -> torch.
     return selected.sum(0) / count
 
 
-def disjoint_mean_stacked(
-    x: torch.Tensor, sign: torch.Tensor, with_count: bool = False
-) -> Any:
+def disjoint_mean_stacked(x: torch.Tensor, sign: torch.Tensor, with_count: bool = False) -> Any:
     """``disjoint_mean`` on an (N, …) stack, bit for bit, in fewer passes: with s = +1 where
     ``sign`` > 0 and −1 elsewhere, the selected entries are those with s·x > 0, so
     Σ selected = s·Σ max(s·x, 0) (negation is exact) and the count is #(s·x > 0).
@@ -291,9 +296,7 @@ class MultiRadixSelect:
             cum = torch.cumsum(self.hi.view(self.rows, self.HI), 1)
             ks = torch.full((self.rows, 1), self.k, dtype=cum.dtype, device=cum.device)
             b = torch.searchsorted(cum, ks)  # first bucket whose cumulative count reaches k
-            before = torch.where(
-                b > 0, cum.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(b)
-            )
+            before = torch.where(b > 0, cum.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(b))
             self.buckets = b.to(torch.int32)
             self.ranks = (ks - before).view(-1).tolist()
             self.hi = torch.zeros(0, dtype=torch.int64, device=self.device)  # no longer needed

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lines.engine import resolve_device  # the one device parser
 from lines.errors import LinesError
 from lines.io import load_state_dict
 
@@ -195,14 +196,6 @@ class VisionBackbone(Backbone):
         return F.normalize(
             F.adaptive_avg_pool2d(self._trunk(batch.inputs["x"]), 1).flatten(1), dim=-1
         )
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LinesError(f"device '{device}' requested but CUDA is not available")
-    return torch.device(device)
 
 
 def load_backbone(

@@ -12,7 +12,18 @@ import numpy as np
 import torch
 
 from lines.errors import LinesError
-from lines.io import write_json_atomic
+from lines.protocol.results import read_json, write_json
+from lines.protocol.scores import mean
+
+__all__ = [
+    "Split",
+    "class_names",
+    "mean",
+    "read_json",
+    "read_split",
+    "seed_everything",
+    "write_json",
+]
 
 TEXT_BACKBONES = ("minilm",)
 VISION_BACKBONES = ("mobilenet_v2", "efficientnet_lite0")
@@ -78,20 +89,3 @@ def class_names(fetch_dir: Path, task: str) -> list[str]:
         return list(summary["datasets"][task]["classes"])
     except (KeyError, TypeError):
         raise LinesError(f"{fetch_dir}/fetch.json: task '{task}' was not fetched") from None
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise LinesError(f"{path}: missing (run the upstream stage first)") from None
-
-
-def write_json(path: Path, obj: Any) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(path), obj)
-
-
-def mean(xs: Any) -> float:
-    xs = list(xs)
-    return float(sum(xs) / len(xs)) if xs else float("nan")

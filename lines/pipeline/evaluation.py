@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from lines.families import Partition
 from lines.pipeline.backbones import Backbone, Head, extract_features, load_backbone
 from lines.pipeline.common import read_split
 from lines.pipeline.training import load_head
@@ -61,11 +60,16 @@ class Evaluator:
     def num_examples(self, task: str, split: str) -> int:
         return len(self._split(task, split)[1])
 
-    def evaluate(
-        self, state_dict: Mapping[str, torch.Tensor], split: str, tasks: Sequence[str] | None = None
-    ) -> dict[str, float]:
-        """Top-1 accuracy per task of the backbone with weights ``state_dict``."""
-        self.backbone.load_weights(state_dict)
+    def correct(
+        self,
+        state_dict: Mapping[str, torch.Tensor] | None,
+        split: str,
+        tasks: Sequence[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per-example correctness (bool, one per example of the split's subset) per task of the
+        backbone with weights ``state_dict`` (None: the weights loaded last)."""
+        if state_dict is not None:
+            self.backbone.load_weights(state_dict)
         self.calls += 1
         out = {}
         for t in tasks or self.tasks:
@@ -73,27 +77,22 @@ class Evaluator:
             feats = extract_features(self.backbone, prepared, self.batch_size)
             with torch.inference_mode():
                 pred = self.heads[t](feats).argmax(1)
-            out[t] = float((pred == labels).float().mean())
+            out[t] = pred == labels
         return out
 
+    def accuracy(
+        self,
+        state_dict: Mapping[str, torch.Tensor] | None,
+        split: str,
+        tasks: Sequence[str] | None = None,
+    ) -> dict[str, float]:
+        """Top-1 accuracy per task: the mean of :meth:`correct`."""
+        return {
+            t: float(c.float().mean()) for t, c in self.correct(state_dict, split, tasks).items()
+        }
 
-def scaled_state_dict(
-    base: Mapping[str, torch.Tensor],
-    tau: Mapping[str, torch.Tensor],
-    part: Partition,
-    lambdas: Sequence[float],
-) -> dict[str, torch.Tensor]:
-    """θ = θ_0 + λ(ℓ)·τ in memory, for evaluation loops on small models (the same arithmetic as
-    ``lines.engine.apply_task_vector``, without writing a file per point of a sweep)."""
-    out = {}
-    for k, b in base.items():
-        if k in tau and b.is_floating_point():
-            out[k] = (b.float() + lambdas[part.block_of(k) - 1] * tau[k].float()).to(b.dtype)
-        else:
-            out[k] = b
-    return out
-
-
-def normalise(acc: Mapping[str, float], ref: Mapping[str, float]) -> dict[str, float]:
-    """acc / ref per task (a reference accuracy of 0 gives NaN rather than a division error)."""
-    return {t: (acc[t] / ref[t] if ref[t] > 0 else float("nan")) for t in acc}
+    def evaluate(
+        self, state_dict: Mapping[str, torch.Tensor], split: str, tasks: Sequence[str] | None = None
+    ) -> dict[str, float]:
+        """Top-1 accuracy per task of the backbone with weights ``state_dict``."""
+        return self.accuracy(state_dict, split, tasks)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lines.errors import LinesError
+from lines.merging.options import add_method_options
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -96,14 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", required=True)
     p.add_argument("--lambdas", nargs="+", type=float, required=True)
     p.add_argument("--betas", nargs="+", type=float, required=True)
-    for m in ("task_arithmetic", "ties", "consensus", "dare", "magnitude_prune"):
-        p.add_argument(f"--{m}_lambdas", nargs="+", type=float, default=None)
-        p.add_argument(f"--{m}_betas", nargs="+", type=float, default=None)
-    p.add_argument("--ties_density", type=float, default=0.2)
-    p.add_argument("--ties_scope", default="global")
-    p.add_argument("--consensus_k", type=int, default=2)
-    p.add_argument("--tall_lambda", type=float, default=0.4)
-    p.add_argument("--dare_drop_rate", type=float, default=0.9)
+    add_method_options(p, skip={"seed"})
     p.add_argument("--block_policy", default="reference")
     p.add_argument("--alpha_norm", default="l1")
 

@@ -30,6 +30,8 @@ class Consensus(MergeMethod):
     ``k`` tasks' TALL masks agree (k = 2 in the reference); drop "selfish" and "catastrophic" ones."""
 
     name: ClassVar[str] = "consensus"
+    elementwise: ClassVar[bool] = True
+    param_keys: ClassVar[dict[str, str]] = {"tall_lambda": "tall_lambda"}
     summary: ClassVar[str] = "task arithmetic restricted to entries ≥ k TALL masks agree on"
     reference: ClassVar[str] = "Wang et al., ICML 2024, arXiv 2405.07813"
 

@@ -19,6 +19,7 @@ class Dare(MergeMethod):
     (seed, i, crc32(key)), so a merge is reproducible whatever the tensor order or device."""
 
     name: ClassVar[str] = "dare"
+    param_keys: ClassVar[dict[str, str]] = {"seed": "seed"}  # the run's common seed
     summary: ClassVar[str] = "random drop and rescale, then sum"
     reference: ClassVar[str] = "Yu et al., ICML 2024, arXiv 2311.03099"
 

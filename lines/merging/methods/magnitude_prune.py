@@ -17,6 +17,8 @@ class MagnitudePrune(MergeMethod):
     by |τ| (the TIES trim without sign election; Yadav et al. 2023, Sec. 3 ablation), then sum."""
 
     name: ClassVar[str] = "magnitude_prune"
+    # shares the TIES density key, as the pipeline always did
+    param_keys: ClassVar[dict[str, str]] = {"density": "ties_density"}
     summary: ClassVar[str] = "top-k magnitude trim of each task vector, then sum"
     reference: ClassVar[str] = "Yadav et al., NeurIPS 2023, arXiv 2306.01708 (trim step)"
 
@@ -34,6 +36,12 @@ class MagnitudePrune(MergeMethod):
             raise LinesError(
                 f"magnitude_prune scope must be 'global' or 'per_tensor', got '{self.scope}'"
             )
+
+    @property
+    def elementwise(self) -> bool:  # type: ignore[override]
+        """A global threshold is a scalar known before the merge pass, so each entry is then
+        merged on its own; a per-tensor top-k needs the whole tensor (unless nothing is trimmed)."""
+        return self.scope == "global" or self.density >= 1
 
     @property
     def stats_passes(self) -> int:  # type: ignore[override]

@@ -17,6 +17,7 @@ class RewardedSoup(MergeMethod):
     (w_i ≥ 0, Σ w_i = 1); θ_SFT is the shared (supervised fine-tuned) starting point."""
 
     name: ClassVar[str] = "rewarded_soup"
+    elementwise: ClassVar[bool] = True
     summary: ClassVar[str] = "θ_SFT + Σ w_i τ_i, weights on the simplex"
     reference: ClassVar[str] = "Ramé et al., NeurIPS 2023, arXiv 2306.04488"
 

@@ -17,6 +17,7 @@ class TaskArithmetic(MergeMethod):
     is applied by the engine: θ = θ_0 + λ·τ_MTL."""
 
     name: ClassVar[str] = "task_arithmetic"
+    elementwise: ClassVar[bool] = True
     summary: ClassVar[str] = "sum (or mean) of the task vectors"
     reference: ClassVar[str] = "Ilharco et al., ICLR 2023, arXiv 2212.04089"
 

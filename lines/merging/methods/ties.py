@@ -40,6 +40,12 @@ class Ties(MergeMethod):
             raise LinesError(f"ties scope must be 'global' or 'per_tensor', got '{self.scope}'")
 
     @property
+    def elementwise(self) -> bool:  # type: ignore[override]
+        """A global threshold is a scalar known before the merge pass, so each entry is then
+        merged on its own; a per-tensor top-k needs the whole tensor (unless nothing is trimmed)."""
+        return self.scope == "global" or self.density >= 1
+
+    @property
     def stats_passes(self) -> int:  # type: ignore[override]
         return MagnitudeTrimmer(self.density, self.scope).passes
 

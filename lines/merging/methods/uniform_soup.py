@@ -15,6 +15,7 @@ class UniformSoup(MergeMethod):
     θ_0 + (1/N)Σ τ_i for models fine-tuned from a shared θ_0 (coefficient 1, or LiNeS)."""
 
     name: ClassVar[str] = "uniform_soup"
+    elementwise: ClassVar[bool] = True
     summary: ClassVar[str] = "average of the fine-tuned weights"
     reference: ClassVar[str] = "Wortsman et al., ICML 2022, arXiv 2203.05482"
 

@@ -15,6 +15,7 @@ class WiseFT(MergeMethod):
     θ = (1 − γ)θ_0 + γθ_ft = θ_0 + γτ for one fine-tuned model."""
 
     name: ClassVar[str] = "wise_ft"
+    elementwise: ClassVar[bool] = True
     summary: ClassVar[str] = "weight-space interpolation θ_0 + γτ"
     reference: ClassVar[str] = "Wortsman et al., CVPR 2022, arXiv 2109.01903"
     min_models: ClassVar[int] = 1

@@ -1,0 +1,220 @@
+"""The CLIP suite's evaluator: one image tower, the zero-shot heads, the cached splits.
+
+:class:`Bench` is what the protocol (``lines.protocol``) evaluates — accuracy of an image-tower
+state dict on a split of a list of tasks — and carries the protocol's :class:`Workbench` (θ_0 in
+float32 on the device, task vectors through the engine, θ = θ_0 + λ(ℓ)τ) as ``wb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lines.clip.prepare import Checkpoints, text_model_id
+from lines.engine import resolve_device
+from lines.errors import LinesError
+from lines.protocol.results import read_json
+from lines.protocol.suite import Workbench
+
+HEADS_FILE = "heads.safetensors"
+HEADS_INDEX = "heads.json"
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation: one image tower, the heads, the cached splits
+
+
+class Bench:
+    """Accuracy of image-tower state dicts on tasks: the pretrained tower is built once, a state
+    dict is loaded into it per evaluation point, the heads come from ``out/heads`` (else the
+    content-keyed cache under ``cache_dir``, computed from ``ckpt/text.safetensors``) and the
+    images from the preprocessed-tensor cache under ``cache_dir``."""
+
+    def __init__(self, a: argparse.Namespace, ckpt: Path, heads_dir: Path | None = None):
+        from lines.clip.evaluate import preprocess_for
+        from lines.io import load_state_dict
+
+        self.a = a
+        self.ck = Checkpoints(ckpt)
+        self.dev = resolve_device(a.device)
+        self.quick_gelu = a.act == "quick_gelu"
+        base = load_state_dict(self.ck.pretrained)
+        if a.tower == "open_clip":
+            from lines.clip.model import build_image_encoder as build
+        else:  # the same module without importing open_clip (see lines.clip.tower)
+            from lines.clip.tower import build_vision_tower as build
+        self.encoder = build(base, heads=a.heads or None, quick_gelu=self.quick_gelu)
+        self.encoder.eval().to(self.dev)
+        self.preprocess = preprocess_for(self.encoder)
+        del base
+        self.heads_dir = Path(heads_dir) if heads_dir else None
+        self._heads: dict[str, Any] = {}
+        self._splits: dict[tuple[str, str], Any] = {}
+        self._text_id: str | None = None
+        # θ_0 in float32 on the device; task vectors merged on the same device.
+        self.wb = Workbench(
+            self.ck.pretrained,
+            self,
+            block_policy=a.block_policy,
+            device=self.dev,
+            engine_device=str(self.dev),
+            dtype=torch.float32,
+            scratch=Path(a.cache_dir) / "tmp",
+        )
+        self.calls = 0
+        self.eval_seconds = 0.0
+        self.images = 0
+
+    def close(self) -> None:
+        self.wb.close()
+
+    def __enter__(self) -> Bench:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # The workbench's θ_0, blocks and θ = θ_0 + λ(ℓ)τ, under the names scripts already use.
+    @property
+    def L(self) -> int:
+        return self.wb.L
+
+    @property
+    def base(self) -> dict[str, torch.Tensor]:
+        return self.wb.base
+
+    @property
+    def part(self) -> Any:
+        return self.wb.part
+
+    @property
+    def tmp(self) -> Path:
+        return self.wb.tmp
+
+    # -- heads ---------------------------------------------------------------------------
+    def _text_model_id(self) -> str:
+        if self._text_id is None:
+            self._text_id = self.ck.index["text"].get("model_id") or text_model_id(self.ck.text)
+        return self._text_id
+
+    def head(self, task: str):  # noqa: ANN201 - ZeroShotHead
+        from lines.clip.datasets import get_task
+
+        name = get_task(task).head_spec().name
+        if name not in self._heads:
+            from lines.clip.heads import ZeroShotHead, zero_shot_head
+
+            h = None
+            if self.heads_dir is not None and (self.heads_dir / HEADS_FILE).is_file():
+                from lines.io import load_state_dict
+
+                info = read_json(self.heads_dir / HEADS_INDEX)
+                if name in info["tasks"]:
+                    if info.get("model_id") != self._text_model_id():
+                        raise LinesError(
+                            f"{self.heads_dir}: heads of another text tower; rerun the heads stage"
+                        )
+                    w = load_state_dict(self.heads_dir / HEADS_FILE)[name]
+                    h = ZeroShotHead(name, w, None, info["model_id"], info["tasks"][name]["key"])
+            if h is None:  # a task outside the suite (WiSE-FT's, the soups' controls)
+                h = zero_shot_head(
+                    name,
+                    lambda: text_encoder(self.ck.text, self.a),
+                    cache_dir=self.a.cache_dir,
+                    model_id=self._text_model_id(),
+                    device=self.dev,
+                )
+            h.weight = h.weight.to(self.dev)
+            self._heads[name] = h
+        return self._heads[name]
+
+    # -- data ----------------------------------------------------------------------------
+    def split(self, task: str, split: str):  # noqa: ANN201 - Split
+        from lines.clip.datasets import load_split
+
+        key = (task, split)
+        if key not in self._splits:
+            s = load_split(task, split, self.a.data_root, layout=self.a.layout)  # type: ignore[arg-type]
+            limit = self.a.max_val if split == "val" else self.a.max_test
+            if limit and limit < len(s):
+                g = torch.Generator().manual_seed(self.a.seed)
+                idx = torch.randperm(len(s), generator=g)[:limit].sort().values.tolist()
+                s = s.subset(idx, split)
+            # The files do not change during a stage: fingerprint them (a stat of every file,
+            # which keys the tensor cache) once, not at every evaluation of a sweep.
+            fp = s.fingerprint()
+            s.fingerprint = lambda fp=fp: fp  # type: ignore[method-assign]
+            self._splits[key] = s
+        return self._splits[key]
+
+    def num_examples(self, task: str, split: str) -> int:
+        return len(self.split(task, split))
+
+    # -- weights -------------------------------------------------------------------------
+    def load(self, sd: Mapping[str, torch.Tensor]) -> None:
+        """Load an image-tower state dict (``visual.*`` keys) into the encoder."""
+        own = self.encoder.state_dict()
+        with torch.no_grad():
+            for k, v in sd.items():
+                own[k[len("visual.") :]].copy_(v)
+
+    def theta(
+        self, tau: Mapping[str, torch.Tensor] | None, lambdas: Sequence[float]
+    ) -> dict[str, torch.Tensor]:
+        return self.wb.theta(tau, lambdas)
+
+    def task_vector(
+        self, name: str, finetuned: Sequence[Path], method: Any, norm: str = "l1"
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return self.wb.task_vector(name, finetuned, method, norm)
+
+    def finetuned_state(self, path: Path) -> dict[str, torch.Tensor]:
+        return self.wb.load(path)
+
+    # -- accuracy ------------------------------------------------------------------------
+    def accuracy(
+        self,
+        sd: Mapping[str, torch.Tensor] | None,
+        split: str,
+        tasks: Sequence[str],
+    ) -> dict[str, float]:
+        """Top-1 accuracy per task of the tower with weights ``sd`` (None: as loaded)."""
+        from lines.clip.evaluate import evaluate
+
+        if sd is not None:
+            self.load(sd)
+        self.calls += 1
+        out = {}
+        for t in tasks:
+            s = self.split(t, split)
+            t0 = time.perf_counter()
+            r = evaluate(
+                self.encoder,
+                self.head(t),
+                s,
+                cache_dir=self.a.cache_dir,
+                preprocess=self.preprocess,
+                device=self.dev,
+                batch_size=self.a.batch_size,
+                num_workers=self.a.num_workers,
+                precision=self.a.precision,
+            )
+            if self.dev.type == "cuda":
+                torch.cuda.synchronize()
+            self.eval_seconds += time.perf_counter() - t0
+            self.images += r.total
+            out[t] = r.top1
+        return out
+
+
+def text_encoder(path: Path, a: argparse.Namespace):  # noqa: ANN202 - TextEncoder
+    from lines.clip.model import build_text_encoder
+    from lines.io import load_state_dict
+
+    return build_text_encoder(
+        load_state_dict(path), heads=a.text_heads or None, quick_gelu=a.act == "quick_gelu"
+    )
