@@ -12,6 +12,14 @@ from collections.abc import Mapping, Sequence
 import torch
 
 
+def scaled_add(
+    base: torch.Tensor, tau: torch.Tensor, lam: float, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """θ_0 + λ·τ for one tensor (or slice), added in float32 and cast to ``dtype`` (default: θ_0's
+    dtype). Every θ the library builds, in memory or streamed to a file, goes through here."""
+    return (base.float() + lam * tau.float()).to(dtype or base.dtype)
+
+
 def apply_lambdas(
     base: Mapping[str, torch.Tensor],
     tau: Mapping[str, torch.Tensor] | None,
@@ -30,5 +38,5 @@ def apply_lambdas(
         if t is None or not b.is_floating_point():
             out[k] = b
         else:
-            out[k] = (b.float() + lambdas[block_of[k] - 1] * t.float()).to(b.dtype)
+            out[k] = scaled_add(b, t, lambdas[block_of[k] - 1])
     return out

@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from lines.errors import LinesError
+
+if TYPE_CHECKING:  # lines.schedules imports this module (lines_lambdas)
+    from lines.schedules import BlockNorms, Schedule
 
 NormKind = Literal["l1", "l2"]
 
@@ -73,7 +76,8 @@ class Scaling:
     """How the merged task vector is scaled per block before θ = θ_0 + λ(ℓ)·τ.
 
     ``uniform``: one coefficient for every block (the baselines, WiSE-FT).
-    ``lines``: λ(ℓ) = α + β(ℓ−1)/(L−1); ``alpha=None`` means the automatic rule.
+    ``lines``: λ(ℓ) = α + β·f(ℓ) with the schedule's shape f (``lines.schedules``; None is
+    ``linear``, LiNeS's (ℓ−1)/(L−1)); ``alpha=None`` means the automatic rule.
     """
 
     kind: Literal["uniform", "lines"]
@@ -81,6 +85,7 @@ class Scaling:
     alpha: float | None = None
     beta: float = 0.0
     norm: NormKind = "l1"
+    schedule: Schedule | None = None
 
     @staticmethod
     def uniform(coef: float) -> Scaling:
@@ -88,32 +93,52 @@ class Scaling:
         return Scaling("uniform", coef=float(coef))
 
     @staticmethod
-    def lines(beta: float, alpha: float | None = None, norm: NormKind = "l1") -> Scaling:
+    def lines(
+        beta: float,
+        alpha: float | None = None,
+        norm: NormKind = "l1",
+        schedule: Schedule | None = None,
+    ) -> Scaling:
         lines_lambdas(2, 0.0 if alpha is None else alpha, beta)  # validate
         if norm not in ("l1", "l2"):
             raise LinesError(f"unknown norm '{norm}' (choose l1 or l2)")
-        return Scaling("lines", alpha=alpha, beta=float(beta), norm=norm)
+        return Scaling("lines", alpha=alpha, beta=float(beta), norm=norm, schedule=schedule)
 
     @property
     def needs_norms(self) -> bool:
         return self.kind == "lines" and self.alpha is None
 
-    def lambdas(self, num_blocks: int, alpha: float | None = None) -> list[float]:
+    @property
+    def needs_block_norms(self) -> bool:
+        """The schedule is set from per-block norms of τ and θ_0 (``measured``)."""
+        return self.kind == "lines" and bool(getattr(self.schedule, "needs_block_norms", False))
+
+    def lambdas(
+        self, num_blocks: int, alpha: float | None = None, block_norms: BlockNorms | None = None
+    ) -> list[float]:
         if self.kind == "uniform":
             return [self.coef] * num_blocks
         a = self.alpha if self.alpha is not None else alpha
         if a is None:
             raise LinesError("LiNeS alpha is automatic but the norms were not computed")
-        return lines_lambdas(num_blocks, a, self.beta)
+        if self.schedule is None:
+            return lines_lambdas(num_blocks, a, self.beta)
+        return self.schedule.lambdas(num_blocks, a, self.beta, block_norms)
 
     def describe(self) -> dict[str, object]:
         if self.kind == "uniform":
             return {"scaling": "uniform", "coef": self.coef}
+        sched = (
+            self.schedule.describe()
+            if self.schedule is not None
+            else {"schedule": "linear", "schedule_params": {}}
+        )
         return {
             "scaling": "lines",
             "alpha": "auto" if self.alpha is None else self.alpha,
             "beta": self.beta,
             "alpha_norm": self.norm,
+            **sched,
         }
 
 

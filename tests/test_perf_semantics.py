@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import lines.engine as engine
+import lines.engine.stream as engine_stream
 from lines.engine import apply_task_vector, merge_checkpoints
 from lines.errors import LinesError
 from lines.io import SafetensorsWriter, TensorInfo, load_state_dict, save_state_dict, sha256_file
@@ -90,8 +90,8 @@ def _reference_ties(flat: torch.Tensor, density: float) -> tuple[torch.Tensor, t
 def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     """Slices of a few thousand entries per input, so every tensor is fed in several pieces and
     the read-ahead has many units in flight."""
-    monkeypatch.setattr(engine, "WORKING_SET_BYTES", 6 * 4 * 2048)
-    monkeypatch.setattr(engine, "_MIN_SLICE", 1000)
+    monkeypatch.setattr(engine_stream, "WORKING_SET_BYTES", 6 * 4 * 2048)
+    monkeypatch.setattr(engine_stream, "MIN_SLICE", 1000)
 
 
 @pytest.mark.parametrize("bracket", ["hit", "miss"])

@@ -21,8 +21,8 @@ from conftest import CkptSet, snapshot, write_family
 from test_cli import assert_refused, merge_args
 
 from lines.io import load_state_dict, open_checkpoint, save_state_dict
-from lines.outputs import OutputLock, header_metadata
-from lines.tempfiles import HOST_TAG
+from lines.io.outputs import OutputLock, header_metadata
+from lines.io.tempfiles import HOST_TAG
 
 PROGRESS_OFF = "--no-progress"
 
@@ -301,9 +301,9 @@ def run_killed(argv: list, where: tuple[str, str, int], cwd: Path) -> int:
 # published, just before the final fsync.
 MOMENTS = {
     "writing_weights": ("lines.io", "SafetensorsWriter.write_parts", 9),
-    "writing_manifest": ("lines.outputs", "write_json_durable", 1),
-    "between_renames": ("lines.outputs", "_rename_noreplace", 2),
-    "published": ("lines.outputs", "_fsync_dir", 1),
+    "writing_manifest": ("lines.io.outputs", "write_json_durable", 1),
+    "between_renames": ("lines.io.outputs", "_rename_noreplace", 2),
+    "published": ("lines.io.outputs", "_fsync_dir", 1),
 }
 
 
@@ -348,8 +348,8 @@ def test_kill_during_merge_then_rerun_is_byte_identical(
 
 FOLDER_MOMENTS = {
     "writing_weights": ("lines.io", "SafetensorsWriter.write_parts", 9),
-    "writing_manifest": ("lines.outputs", "write_json_durable", 1),
-    "before_rename": ("lines.outputs", "_rename_noreplace", 1),
+    "writing_manifest": ("lines.io.outputs", "write_json_durable", 1),
+    "before_rename": ("lines.io.outputs", "_rename_noreplace", 1),
 }
 
 
@@ -379,7 +379,7 @@ def test_kill_during_overwrite_then_rerun_without_overwrite(eight, tmp_path, run
     assert run_cli(new).code == 0
     reference = out.read_bytes()
     assert run_cli(merge_args(eight, out, "ties", "--overwrite")).code == 0
-    code = run_killed([*new, "--overwrite"], ("lines.outputs", "_replace", 2), tmp_path)
+    code = run_killed([*new, "--overwrite"], ("lines.io.outputs", "_replace", 2), tmp_path)
     assert code == -signal.SIGKILL
     man = json.loads(out.with_suffix(".json").read_text())
     assert man["method"] == "task_arithmetic"
@@ -402,7 +402,7 @@ def test_kill_with_save_task_vector_then_rerun(eight, tmp_path, run_cli) -> None
     for p in (out, out.with_suffix(".json"), tv, tv.with_suffix(".json")):
         p.unlink()
     # renames: τ manifest, τ weights, merge manifest (killed before it), merge weights
-    assert run_killed(args, ("lines.outputs", "_rename_noreplace", 3), tmp_path) == -9
+    assert run_killed(args, ("lines.io.outputs", "_rename_noreplace", 3), tmp_path) == -9
     assert tv.exists() and tv.with_suffix(".json").exists() and not out.exists()
     assert json.loads(tv.with_suffix(".json").read_text())["kind"] == "task_vector"
     r = run_cli(args)

@@ -23,7 +23,7 @@ from lines.errors import LinesError
 DEFAULT_HEAD_WIDTH = 64
 
 
-def _open_clip():
+def import_open_clip():
     from lines._torchvision_compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
@@ -143,7 +143,7 @@ def build_image_encoder(
     if "visual.proj" not in visual and projection is not None:
         visual["visual.proj"] = projection
     spec = vision_spec(visual, heads)
-    _open_clip()
+    import_open_clip()
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
     cfg = CLIPVisionCfg(
@@ -155,13 +155,13 @@ def build_image_encoder(
         image_size=spec.image_size,
     )
     module = _build_vision_tower(spec.output_dim, cfg, quick_gelu=quick_gelu)
-    _load_strict(module, strip_prefix(visual, "visual."), "image tower")
+    load_strict(module, strip_prefix(visual, "visual."), "image tower")
     module.eval()
     module.lines_spec = spec  # type: ignore[attr-defined]
     return module
 
 
-def _load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     extra = [k for k in sd if k not in own]
@@ -233,7 +233,7 @@ def build_text_encoder(
     if "logit_scale" not in rest:
         raise LinesError("checkpoint has no 'logit_scale': not a full CLIP model")
     spec = text_spec(text, heads)
-    oc_mod = _open_clip()
+    oc_mod = import_open_clip()
     from open_clip.model import CLIPTextCfg, _build_text_tower
 
     cfg = CLIPTextCfg(
@@ -245,7 +245,7 @@ def build_text_encoder(
         mlp_ratio=spec.mlp_ratio,
     )
     module = _build_text_tower(spec.output_dim, cfg, quick_gelu=quick_gelu)
-    _load_strict(module, text, "text tower")
+    load_strict(module, text, "text tower")
     module.eval()
     if tokenizer is None:
         tokenizer = oc_mod.tokenizer.SimpleTokenizer(context_length=spec.context_length)

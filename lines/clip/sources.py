@@ -60,7 +60,7 @@ from lines.io import (
     save_state_dict,
     sha256_file,
 )
-from lines.outputs import plan_output
+from lines.io.outputs import plan_output
 
 PathLike = str | os.PathLike[str]
 Towers = Literal["visual", "full"]
@@ -294,9 +294,9 @@ def _fetch_url(ref: SourceRef, url: str, cache_dir: Path, offline: bool, timeout
 
 
 def openclip_pretrained_cfg(model: str, tag: str) -> dict[str, Any]:
-    from lines.clip.model import _open_clip
+    from lines.clip.model import import_open_clip
 
-    oc = _open_clip()
+    oc = import_open_clip()
     cfg = oc.get_pretrained_cfg(model, tag)
     if not cfg:
         tags = oc.list_pretrained_tags_by_model(model)

@@ -124,7 +124,7 @@ def build_vision_tower(
 ) -> LeanVisionTransformer:
     """The image tower of any supported CLIP layout, loaded strictly (as ``build_image_encoder``,
     without importing open_clip)."""
-    from lines.clip.model import _load_strict
+    from lines.clip.model import load_strict
 
     oc, _ = to_openclip(sd)
     visual = {k: v for k, v in oc.items() if k.startswith("visual.")}
@@ -141,7 +141,7 @@ def build_vision_tower(
         output_dim=spec.output_dim,
         quick_gelu=quick_gelu,
     )
-    _load_strict(module, strip_prefix(visual, "visual."), "image tower")
+    load_strict(module, strip_prefix(visual, "visual."), "image tower")
     module.eval()
     module.lines_spec = spec  # type: ignore[attr-defined]
     return module

@@ -15,11 +15,11 @@ from typing import Any
 
 from lines.engine import merge_checkpoints
 from lines.errors import LinesError
+from lines.io.outputs import check_distinct_inputs, check_output
+from lines.io.tempfiles import make_tmp_dir
 from lines.merging.methods.uniform_soup import UniformSoup
 from lines.merging.methods.wise_ft import WiseFT
-from lines.outputs import check_distinct_inputs, check_output
 from lines.scaling import Scaling
-from lines.tempfiles import make_tmp_dir
 
 PathLike = str | os.PathLike[str]
 

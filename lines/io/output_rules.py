@@ -1,4 +1,4 @@
-"""The rules behind every output (see :mod:`lines.outputs`): what a path is, whether an output
+"""The rules behind every output (see :mod:`lines.io.outputs`): what a path is, whether an output
 would be, contain or lie inside an input, and what already stands at an output — nothing, a
 complete or an incomplete earlier output of ``lines``, or something ``lines`` must never touch."""
 

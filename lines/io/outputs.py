@@ -19,7 +19,7 @@ nothing is touched):
    a FIFO) is refused, with or without ``--overwrite``. An incomplete output is replaced without
    ``--overwrite``: it is debris of an interrupted run, never a result.
 4. Everything is built in a private staging folder beside ``OUT`` (``.OUT.lines-HOST-PID-TAG.tmp``,
-   see :mod:`lines.tempfiles`) and published only once complete. A folder output is published by
+   see :mod:`lines.io.tempfiles`) and published only once complete. A folder output is published by
    one rename (an atomic exchange with the old folder when it replaces one). A file output is
    published manifest first, then weights; the weights' header carries the manifest's output id
    (``lines_output_id``), so a reader can tell weights that their manifest does not describe.
@@ -46,7 +46,7 @@ from typing import Any
 
 from lines import __version__
 from lines.errors import LinesError
-from lines.output_rules import (
+from lines.io.output_rules import (
     MANIFEST_NAME,
     WEIGHTS_NAME,
     Inputs,
@@ -62,7 +62,7 @@ from lines.output_rules import (
     read_manifest,
     target_path,
 )
-from lines.tempfiles import clean_stale, make_tmp_dir, remove_path, tmp_name, umask_mode
+from lines.io.tempfiles import clean_stale, make_tmp_dir, remove_path, tmp_name, umask_mode
 
 PathLike = str | os.PathLike[str]
 

@@ -1,0 +1,7 @@
+"""``python -m lines.cli``."""
+
+import sys
+
+from lines.cli import main
+
+sys.exit(main())
