@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +15,17 @@ import pytest
 import torch
 
 from lines.io import save_state_dict
+
+_CACHE = tempfile.mkdtemp(prefix="lines-test-cache-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The sha256 cache goes to a temp folder, never the user's ~/.cache (subprocesses inherit it).
+    os.environ["LINES_CACHE_DIR"] = _CACHE
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def bert_shapes(

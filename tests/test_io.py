@@ -506,3 +506,32 @@ def test_merge_outputs_are_readable_by_official_reader(tmp_path: Path) -> None:
     got = safetensors.torch.load_file(str(out))
     assert set(got) == set(cs.base)
     assert all(v.dtype == torch.bfloat16 for v in got.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# The sha256 cache
+
+
+def test_hash_cache_hits_unchanged_files_and_misses_rewrites(tmp_path, monkeypatch) -> None:
+    from lines.io import base as io_base
+    from lines.io import hashcache
+
+    monkeypatch.setenv("LINES_CACHE_DIR", str(tmp_path / "cache"))
+    calls: list[Path] = []
+    real = io_base.sha256_file
+    monkeypatch.setattr(io_base, "sha256_file", lambda p: calls.append(p) or real(p))
+    f = save_state_dict(tmp_path / "a.safetensors", {"w": torch.arange(6.0)})
+    want = real(f)
+    assert io_base.cached_sha256(f) == want and len(calls) == 1
+    assert io_base.cached_sha256(f) == want and len(calls) == 1  # from the cache
+    with open_checkpoint(f) as ck:
+        assert ck.sha256() == want and len(calls) == 1
+    save_state_dict(f, {"w": torch.arange(6.0) + 1})  # same size, new content
+    assert io_base.cached_sha256(f) == real(f) != want and len(calls) == 2
+    monkeypatch.setenv("LINES_HASH_CACHE", "0")
+    assert hashcache.lookup(f) is None
+    io_base.cached_sha256(f)
+    assert len(calls) == 3
+    monkeypatch.setenv("LINES_HASH_CACHE", "1")
+    (tmp_path / "cache" / "sha256.json").write_text("not json")  # a broken cache is ignored
+    assert io_base.cached_sha256(f) == real(f)

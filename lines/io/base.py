@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from lines.io import hashcache
+
 ST_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -55,6 +57,19 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of an input file, from the hash cache when the file is unchanged
+    (``lines.io.hashcache``), else computed and recorded."""
+
+    got = hashcache.lookup(path)
+    if got is not None:
+        return got
+    key = hashcache.stamp(path)
+    digest = sha256_file(path)
+    hashcache.store(path, digest, key)
+    return digest
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -116,9 +131,9 @@ class Checkpoint(ABC):
         if not hasattr(self, "_sha"):
             files = self.files()
             if len(files) == 1:
-                self._sha = sha256_file(files[0])
+                self._sha = cached_sha256(files[0])
             else:
-                lines = "".join(f"{p.name}:{sha256_file(p)}\n" for p in sorted(files))
+                lines = "".join(f"{p.name}:{cached_sha256(p)}\n" for p in sorted(files))
                 self._sha = hashlib.sha256(lines.encode()).hexdigest()
         return self._sha
 
