@@ -17,6 +17,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lines.engine.manifest import base_manifest, finish, merge_manifest, output_recipe, prehash
 from lines.engine.stream import (
     TaskVectorStream,
@@ -34,10 +36,8 @@ from lines.engine.writers import (
     task_vector_norms,
 )
 from lines.errors import LinesError
-from lines.families import partition_keys
-from lines.io import (
-    open_checkpoint,
-)
+from lines.families import Partition, partition_keys
+from lines.io import Checkpoint, open_checkpoint
 from lines.io.outputs import check_distinct_inputs, plan_output
 from lines.merging import MergeMethod
 from lines.merging.methods.wise_ft import WiseFT
@@ -72,6 +72,15 @@ def pre_merge_lambdas(
     return pre_schedule.lambdas(num_blocks, *pre_lines)
 
 
+def _record_pre_merge(
+    manifest: dict[str, Any], pre_schedule: Schedule | None, task_weights: Sequence[float] | None
+) -> None:
+    if pre_schedule is not None:
+        manifest["pre_merge_lines"]["schedule"] = pre_schedule.describe()
+    if task_weights is not None:
+        manifest["task_weights"] = list(task_weights)
+
+
 def check_task_weights(weights: Sequence[float] | None, n: int) -> None:
     if weights is None:
         return
@@ -80,6 +89,60 @@ def check_task_weights(weights: Sequence[float] | None, n: int) -> None:
     for w in weights:
         if not isinstance(w, int | float) or not math.isfinite(w):
             raise LinesError(f"task weights must be finite numbers, got {w!r}")
+
+
+def open_inputs(
+    stack: ExitStack,
+    pretrained: PathLike,
+    finetuned: Sequence[PathLike],
+    method: MergeMethod,
+    family: str | None,
+    block_policy: str,
+) -> tuple[Checkpoint, list[Checkpoint], Partition]:
+    """Open θ_0 and the fine-tuned checkpoints (closed with ``stack``), check them against each
+    other and partition θ_0's keys into blocks."""
+    base = stack.enter_context(open_checkpoint(pretrained))
+    fts = [stack.enter_context(open_checkpoint(f)) for f in finetuned]
+    if len(fts) < method.min_models:
+        raise LinesError(
+            f"method '{method.name}' needs at least {method.min_models} fine-tuned "
+            f"checkpoint(s), got {len(fts)}"
+        )
+    check_compatible(base, fts)
+    return base, fts, partition_keys(base.keys(), family, block_policy)
+
+
+def start_stream(
+    stack: ExitStack,
+    base: Checkpoint,
+    fts: list[Checkpoint],
+    dev: torch.device,
+    part: Partition,
+    method: MergeMethod,
+    pre_l: list[float] | None,
+    task_weights: Sequence[float] | None,
+    progress: bool,
+    hash_inputs: bool,
+) -> TaskVectorStream:
+    """The task-vector stream, after the method's statistics passes; the inputs' sha256 are
+    computed meanwhile (cached on the checkpoints for the manifest)."""
+    hashed = prehash([base, *fts]) if hash_inputs else None
+    stream = TaskVectorStream(
+        base,
+        fts,
+        dev,
+        part,
+        pre_lambdas=pre_l,
+        task_weights=task_weights,
+        progress=progress,
+        sliced=is_elementwise(method),
+    )
+    stack.callback(stream.close)
+    method.begin(len(fts), stream.total_entries(), dev)
+    run_statistics(stream, method)
+    if hashed is not None:
+        hashed()
+    return stream
 
 
 def merge_checkpoints(
@@ -119,15 +182,8 @@ def merge_checkpoints(
         if tv_target.resolve() == Path(out).resolve():
             raise LinesError(f"{tv_target}: --save-task-vector must differ from --out")
     with ExitStack() as stack:
-        base = stack.enter_context(open_checkpoint(pretrained))
-        fts = [stack.enter_context(open_checkpoint(f)) for f in finetuned]
-        if len(fts) < method.min_models:
-            raise LinesError(
-                f"method '{method.name}' needs at least {method.min_models} fine-tuned checkpoint(s), got {len(fts)}"
-            )
-        check_compatible(base, fts)
+        base, fts, part = open_inputs(stack, pretrained, finetuned, method, family, block_policy)
         check_task_weights(task_weights, len(fts))
-        part = partition_keys(base.keys(), family, block_policy)
         pre_l = pre_merge_lambdas(part.num_blocks, pre_lines, pre_schedule)
         inputs = [pretrained, *finetuned]
         recipe = output_recipe(
@@ -146,30 +202,13 @@ def merge_checkpoints(
             plan_output(out, inputs, overwrite, copy_from=Path(pretrained), recipe=recipe)
         )
         tv_plan = plan.companion(tv_target, overwrite) if tv_target is not None else None
-        hashed = prehash([base, *fts]) if hash_inputs else None
-        stream = TaskVectorStream(
-            base,
-            fts,
-            dev,
-            part,
-            pre_lambdas=pre_l,
-            task_weights=task_weights,
-            progress=progress,
-            sliced=is_elementwise(method),
+        stream = start_stream(
+            stack, base, fts, dev, part, method, pre_l, task_weights, progress, hash_inputs
         )
-        stack.callback(stream.close)
-        method.begin(len(fts), stream.total_entries(), dev)
-        run_statistics(stream, method)
-
-        if hashed is not None:
-            hashed()
         manifest = merge_manifest(
             "merge", base, fts, method, part, pre_lines, pre_l, dev, hash_inputs
         )
-        if pre_schedule is not None:
-            manifest["pre_merge_lines"]["schedule"] = pre_schedule.describe()
-        if task_weights is not None:
-            manifest["task_weights"] = list(task_weights)
+        _record_pre_merge(manifest, pre_schedule, task_weights)
         manifest.update(
             {
                 "output": {"path": str(plan.out), "dtype": out_dtype or "as pretrained"},
@@ -278,6 +317,8 @@ def build_task_vector(
     progress: bool = True,
     hash_inputs: bool = True,
     allow_duplicate_inputs: bool = False,
+    pre_schedule: Schedule | None = None,
+    task_weights: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Write only the merged task vector τ_MTL (float32, floating keys) with ‖τ_sum‖ and ‖τ_MTL‖
     in its metadata, plus a manifest beside it. ``apply_task_vector`` (or an in-memory equivalent)
@@ -289,44 +330,29 @@ def build_task_vector(
     if not allow_duplicate_inputs:
         check_distinct_inputs(pretrained, finetuned)
     with ExitStack() as stack:
-        base = stack.enter_context(open_checkpoint(pretrained))
-        fts = [stack.enter_context(open_checkpoint(f)) for f in finetuned]
-        if len(fts) < method.min_models:
-            raise LinesError(
-                f"method '{method.name}' needs at least {method.min_models} fine-tuned checkpoint(s), got {len(fts)}"
-            )
-        check_compatible(base, fts)
-        part = partition_keys(base.keys(), family, block_policy)
+        base, fts, part = open_inputs(stack, pretrained, finetuned, method, family, block_policy)
+        check_task_weights(task_weights, len(fts))
+        pre_l = pre_merge_lambdas(part.num_blocks, pre_lines, pre_schedule)
         recipe = output_recipe(
             "task_vector",
             method,
             family=part.family,
             policy=part.policy,
             pre_lines=pre_lines,
+            pre_schedule=pre_schedule.spec() if pre_schedule else None,
+            task_weights=task_weights,
             norm=norm,
         )
         plan = stack.enter_context(
             plan_output(out, [pretrained, *finetuned], overwrite, recipe=recipe)
         )
-        hashed = prehash([base, *fts]) if hash_inputs else None
-        pre_l = lines_lambdas(part.num_blocks, *pre_lines) if pre_lines is not None else None
-        stream = TaskVectorStream(
-            base,
-            fts,
-            dev,
-            part,
-            pre_lambdas=pre_l,
-            progress=progress,
-            sliced=is_elementwise(method),
+        stream = start_stream(
+            stack, base, fts, dev, part, method, pre_l, task_weights, progress, hash_inputs
         )
-        stack.callback(stream.close)
-        method.begin(len(fts), stream.total_entries(), dev)
-        run_statistics(stream, method)
-        if hashed is not None:
-            hashed()
         manifest = merge_manifest(
             "task_vector", base, fts, method, part, pre_lines, pre_l, dev, hash_inputs
         )
+        _record_pre_merge(manifest, pre_schedule, task_weights)
         manifest["output"] = {"path": str(out), "dtype": "float32"}
         rep = merge_to_task_vector(
             stream, method, plan.weights, norm, manifest, progress, header=plan.header_metadata()

@@ -4,12 +4,22 @@ the reference implementation) or within each tensor."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
-from lines.merging.base import MultiRadixSelect, global_k, kth_threshold, stacked, trim
+from lines.errors import LinesError
+from lines.merging.base import (
+    MergeMethod,
+    MultiRadixSelect,
+    check_fraction,
+    global_k,
+    kth_threshold,
+    stacked,
+    trim,
+)
 
 TrimScope = Literal["global", "per_tensor"]
 
@@ -76,3 +86,54 @@ class MagnitudeTrimmer:
         if self.scope == "global":
             return [trim(t, thr) for t, thr in zip(taus, self.thresholds(), strict=True)]
         return [trim(t, kth_threshold(t.abs(), self.density)) for t in taus]
+
+
+@dataclasses.dataclass
+class TrimmedMethod(MergeMethod):
+    """A method that first keeps the top ``density`` of each task vector by |τ| (TIES, magnitude
+    pruning): the parameters, their validation and the statistics passes of the trim."""
+
+    density: float = dataclasses.field(
+        default=0.2, metadata={"help": "fraction of each task vector kept, in (0, 1]"}
+    )
+    scope: TrimScope = dataclasses.field(
+        default="global",
+        metadata={"help": "top-k over the whole task vector (global) or per tensor"},
+    )
+
+    def validate(self) -> None:
+        check_fraction("density", self.density)
+        if self.scope not in ("global", "per_tensor"):
+            raise LinesError(
+                f"{self.name} scope must be 'global' or 'per_tensor', got '{self.scope}'"
+            )
+
+    @property
+    def elementwise(self) -> bool:  # type: ignore[override]
+        """A global threshold is a scalar known before the merge pass, so each entry is then
+        merged on its own; a per-tensor top-k needs the whole tensor (unless nothing is trimmed)."""
+        return self.scope == "global" or self.density >= 1
+
+    @property
+    def stats_passes(self) -> int:  # type: ignore[override]
+        return MagnitudeTrimmer(self.density, self.scope).passes
+
+    @property
+    def stats_sample(self) -> int:  # type: ignore[override]
+        return MagnitudeTrimmer(self.density, self.scope).sample_size
+
+    def needs_pass(self, pass_idx: int) -> bool:
+        return self._trim.needs_pass(pass_idx)
+
+    def setup(self, num_models: int, total_entries: int, device: torch.device | str) -> None:
+        self._trim = MagnitudeTrimmer(self.density, self.scope)
+        self._trim.begin(num_models, total_entries, device)
+
+    def observe(self, pass_idx: int, key: str, taus: Sequence[torch.Tensor]) -> None:
+        self._trim.observe(pass_idx, taus)
+
+    def end_pass(self, pass_idx: int) -> None:
+        self._trim.end_pass(pass_idx)
+
+    def thresholds(self) -> list[float]:
+        return self._trim.thresholds()

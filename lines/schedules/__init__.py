@@ -6,15 +6,13 @@ Adding a schedule is one new module here plus its test; the CLI (``--schedule NA
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import pkgutil
 import sys
 import typing
 from functools import cache
 from typing import Any
 
 from lines.errors import LinesError
+from lines.plugins import discover, instantiate
 from lines.schedules.base import BlockNorms, Schedule
 
 __all__ = ["BlockNorms", "Schedule", "all_schedules", "make_schedule", "parse_schedule"]
@@ -24,30 +22,12 @@ DEFAULT = "linear"
 
 @cache
 def all_schedules() -> dict[str, type[Schedule]]:
-    found: dict[str, type[Schedule]] = {}
-    pkg = sys.modules[__name__]
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        m = importlib.import_module(f"{__name__}.{mod.name}")
-        cls = getattr(m, "SCHEDULE", None)
-        if cls is not None:
-            found[cls.name] = cls
-    return dict(sorted(found.items()))
+    return discover(sys.modules[__name__], "SCHEDULE")
 
 
 def make_schedule(name: str, **params: Any) -> Schedule:
     """Instantiate a registered schedule with validated parameters (unknown names are errors)."""
-    known = all_schedules()
-    if name not in known:
-        raise LinesError(f"unknown schedule '{name}' (known: {', '.join(known)})")
-    cls = known[name]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    extra = sorted(set(params) - fields)
-    if extra:
-        raise LinesError(
-            f"schedule '{name}' has no parameter '{extra[0]}' "
-            f"(it takes: {', '.join(sorted(fields)) or 'none'})"
-        )
-    return cls(**params)
+    return instantiate("schedule", all_schedules(), name, params)
 
 
 def _convert(name: str, field: str, kind: Any, raw: str) -> Any:

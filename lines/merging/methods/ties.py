@@ -6,13 +6,12 @@ from typing import ClassVar
 
 import torch
 
-from lines.errors import LinesError
-from lines.merging.base import MergeMethod, check_fraction, disjoint_mean_stacked, stacked
-from lines.merging.sparsify import MagnitudeTrimmer, TrimScope
+from lines.merging.base import disjoint_mean_stacked, stacked
+from lines.merging.sparsify import TrimmedMethod
 
 
 @dataclasses.dataclass
-class Ties(MergeMethod):
+class Ties(TrimmedMethod):
     """TIES-merging (Yadav et al., "Resolving Interference When Merging Models", NeurIPS 2023).
 
     Trim: keep each task vector's entries with |τ| ≥ its (d − ⌊d·density⌋)-th smallest magnitude,
@@ -26,49 +25,12 @@ class Ties(MergeMethod):
     summary: ClassVar[str] = "trim, elect sign, disjoint mean"
     reference: ClassVar[str] = "Yadav et al., NeurIPS 2023, arXiv 2306.01708"
 
-    density: float = dataclasses.field(
-        default=0.2, metadata={"help": "fraction of each task vector kept, in (0, 1]"}
-    )
-    scope: TrimScope = dataclasses.field(
-        default="global",
-        metadata={"help": "top-k over the whole task vector (global) or per tensor"},
-    )
-
-    def validate(self) -> None:
-        check_fraction("density", self.density)
-        if self.scope not in ("global", "per_tensor"):
-            raise LinesError(f"ties scope must be 'global' or 'per_tensor', got '{self.scope}'")
-
-    @property
-    def elementwise(self) -> bool:  # type: ignore[override]
-        """A global threshold is a scalar known before the merge pass, so each entry is then
-        merged on its own; a per-tensor top-k needs the whole tensor (unless nothing is trimmed)."""
-        return self.scope == "global" or self.density >= 1
-
-    @property
-    def stats_passes(self) -> int:  # type: ignore[override]
-        return MagnitudeTrimmer(self.density, self.scope).passes
-
-    @property
-    def stats_sample(self) -> int:  # type: ignore[override]
-        return MagnitudeTrimmer(self.density, self.scope).sample_size
-
-    def needs_pass(self, pass_idx: int) -> bool:
-        return self._trim.needs_pass(pass_idx)
-
     def setup(self, num_models: int, total_entries: int, device: torch.device | str) -> None:
-        self._trim = MagnitudeTrimmer(self.density, self.scope)
-        self._trim.begin(num_models, total_entries, device)
+        super().setup(num_models, total_entries, device)
         self._sign_sum: int | torch.Tensor = 0
         self._ambiguous: list[str] = []
         self._pending: list[tuple[str, torch.Tensor]] = []  # GPU: flags read at the fix-up
         self._majority: int | None = None
-
-    def observe(self, pass_idx: int, key: str, taus: Sequence[torch.Tensor]) -> None:
-        self._trim.observe(pass_idx, taus)
-
-    def end_pass(self, pass_idx: int) -> None:
-        self._trim.end_pass(pass_idx)
 
     def merge_tensor(self, key: str, taus: Sequence[torch.Tensor]) -> torch.Tensor:
         x = self._trim.apply_stacked(stacked(taus))  # trimmed (N, …), a new tensor
@@ -105,9 +67,6 @@ class Ties(MergeMethod):
         self._majority = 1 if self._sign_sum > 0 else (-1 if self._sign_sum < 0 else 0)
         # Provisional merges used +1; only a non-positive majority changes those entries.
         return self._ambiguous if self._majority <= 0 else []
-
-    def thresholds(self) -> list[float]:
-        return self._trim.thresholds()
 
 
 METHOD = Ties
