@@ -1,0 +1,126 @@
+"""Iso-C, Iso-CTS and TSV-M on hand-checkable matrices (diagonal task vectors, whose singular
+triplets are known), their rule for non-matrix tensors, and a run through the command with
+LiNeS on top. The cross-check against FusionBench's own code is
+``benchmarks/peers/crosscheck_fusionbench.py``."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from conftest import write_family
+from test_cli import merge_args
+
+from lines.errors import LinesError
+from lines.merging import make_method
+from lines.merging.base import TaskVectors
+
+
+def merge(name: str, *taus: torch.Tensor, **params) -> torch.Tensor:
+    m = make_method(name, **params)
+    m.begin(len(taus), sum(t.numel() for t in taus), "cpu")
+    return m.merge_tensor("k", TaskVectors(torch.stack(taus)))
+
+
+def diag(*v: float) -> torch.Tensor:
+    return torch.diag(torch.tensor(v, dtype=torch.float32))
+
+
+def test_iso_c_flattens_the_spectrum_of_the_sum() -> None:
+    # Σ τ = diag(4, 2): singular values 4 and 2 → both 3
+    assert torch.allclose(merge("iso_c", diag(3, 1), diag(1, 1)), 3 * torch.eye(2), atol=1e-6)
+    # a rotated case: Σ τ = R diag(4, 2) Rᵀ → 3·R Rᵀ = 3·I
+    c, s = 0.6, 0.8
+    rot = torch.tensor([[c, -s], [s, c]])
+    got = merge("iso_c", rot @ diag(3, 1) @ rot.T, rot @ diag(1, 1) @ rot.T)
+    assert torch.allclose(got, 3 * torch.eye(2), atol=1e-5)
+
+
+def test_tsv_m_keeps_each_tasks_top_singular_triplets() -> None:
+    # N = 2, rank 2: each task keeps 1 triplet: 5·e1e1ᵀ from τ1 and 4·e2e2ᵀ from τ2
+    got = merge("tsv_m", diag(5, 1), torch.tensor([[0.0, 0.0], [0.0, 4.0]]))
+    assert torch.allclose(got, diag(5, 4), atol=1e-6)
+
+
+def test_iso_cts_common_and_task_specific_subspaces() -> None:
+    # Σ τ = diag(8, 6, 1, 1): common space e1, e2 (fraction 0.5 of rank 4); the task-specific
+    # leftovers are e3 (τ1) and e4 (τ2); four orthonormal directions, isotropic σ = mean(1,1,8,6)
+    t1, t2 = diag(4, 3, 1, 0), diag(4, 3, 0, 1)
+    got = merge("iso_cts", t1, t2, common_space_fraction=0.5)
+    assert torch.allclose(got, 4 * torch.eye(4), atol=1e-5)
+    # all of the rank in the common space: Iso-C
+    assert torch.allclose(
+        merge("iso_cts", t1, t2, common_space_fraction=1.0), merge("iso_c", t1, t2), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("name", ["iso_c", "iso_cts", "tsv_m"])
+def test_non_matrix_tensors_are_averaged(name) -> None:
+    a, b, c = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0]), torch.tensor([5.0, 9.0])
+    assert torch.allclose(merge(name, a, b, c), torch.tensor([3.0, 5.0]))
+
+
+def test_iso_cts_fraction_is_validated() -> None:
+    with pytest.raises(LinesError, match="common_space_fraction out of range"):
+        make_method("iso_cts", common_space_fraction=0.0)
+
+
+@pytest.mark.parametrize("name", ["iso_c", "iso_cts", "tsv_m", "breadcrumbs", "della"])
+def test_through_the_command_with_lines(tmp_path, run_cli, name) -> None:
+    cs = write_family(tmp_path / "c", n=3)
+    out = tmp_path / "m.safetensors"
+    r = run_cli(merge_args(cs, out, name, "--lines-beta", "0.5"))
+    assert r.code == 0, r.err
+    man = json.loads(out.with_suffix(".json").read_text())
+    assert man["method"] == name
+    assert man["scaling"]["alpha_value"] > 0
+    assert (run_cli(["methods"]).out.count(name)) >= 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Breadcrumbs and DELLA (mergekit's semantics; cross-check: benchmarks/peers/crosscheck_mergekit.py)
+
+
+def test_breadcrumbs_drops_outliers_and_small_entries() -> None:
+    from lines.merging.methods.breadcrumbs import outlier_mask
+
+    t = torch.arange(1.0, 11.0)  # |t| = 1..10; keep 5: drop the top 1 (10) and the bottom 4
+    assert outlier_mask(t, 0.5, 0.1).tolist() == [False] * 4 + [True] * 5 + [False]
+    # too small for one outlier: keep the largest entries (mergekit would zero the tensor)
+    assert outlier_mask(torch.tensor([1.0, -2.0, 3.0]), 2 / 3, 0.01).tolist() == [False, True, True]
+    got = merge("breadcrumbs", t, torch.zeros(10), density=0.5, gamma=0.1)
+    assert got.tolist() == [0, 0, 0, 0, 5, 6, 7, 8, 9, 0]
+
+
+def test_della_probabilities_rescale_and_consensus() -> None:
+    from lines.merging.methods.della import della_probs
+
+    p = della_probs(torch.tensor([1.0, -2.0, 3.0, 4.0, 5.0]), 0.5, 0.1)
+    assert torch.allclose(p, torch.tensor([0.4, 0.45, 0.5, 0.55, 0.6]))
+    # density 1 keeps everything: sign election by the sum, mean of the agreeing entries
+    a, b = torch.tensor([1.0, -2.0, 3.0]), torch.tensor([3.0, 1.0, -1.0])
+    assert merge("della", a, b, density=1.0).tolist() == [2.0, -2.0, 3.0]
+    m = make_method("della", density=0.5, epsilon=0.2, seed=3)
+    t = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    s = m._sparse("w", 0, t)
+    assert torch.allclose(s.abs().sum(), t.abs().sum())  # L1 kept
+    assert 0.35 < (s != 0).float().mean() < 0.65
+    assert torch.equal(s, make_method("della", density=0.5, epsilon=0.2, seed=3)._sparse("w", 0, t))
+    assert not torch.equal(
+        s, make_method("della", density=0.5, epsilon=0.2, seed=4)._sparse("w", 0, t)
+    )
+
+
+@pytest.mark.parametrize(
+    "name, params, words",
+    [
+        ("breadcrumbs", {"density": 0.95, "gamma": 0.1}, "gamma + density must be ≤ 1"),
+        ("breadcrumbs", {"gamma": 1.0}, "gamma out of range"),
+        ("della", {"density": 0.9, "epsilon": 0.15}, "density ± epsilon must lie in (0, 1)"),
+    ],
+)
+def test_sparsifier_parameters_are_validated(name, params, words) -> None:
+    with pytest.raises(LinesError, match=re.escape(words)):
+        make_method(name, **params)
