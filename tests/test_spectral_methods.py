@@ -67,7 +67,9 @@ def test_iso_cts_fraction_is_validated() -> None:
         make_method("iso_cts", common_space_fraction=0.0)
 
 
-@pytest.mark.parametrize("name", ["iso_c", "iso_cts", "tsv_m", "breadcrumbs", "della"])
+@pytest.mark.parametrize(
+    "name", ["iso_c", "iso_cts", "tsv_m", "breadcrumbs", "della", "cart", "wudi"]
+)
 def test_through_the_command_with_lines(tmp_path, run_cli, name) -> None:
     cs = write_family(tmp_path / "c", n=3)
     out = tmp_path / "m.safetensors"
@@ -124,3 +126,26 @@ def test_della_probabilities_rescale_and_consensus() -> None:
 def test_sparsifier_parameters_are_validated(name, params, words) -> None:
     with pytest.raises(LinesError, match=re.escape(words)):
         make_method(name, **params)
+
+
+def test_cart_adds_low_rank_centred_parts_to_the_average() -> None:
+    # mean diag(3, 2); centred diag(6,-2), diag(-3,4), diag(-3,-2) keep 6·e1, 4·e2, −3·e1 at k = 1
+    t = (diag(9, 0), diag(0, 6), diag(0, 0))
+    assert torch.allclose(merge("cart", *t, rank=0.5), diag(6, 6), atol=1e-5)
+    assert torch.allclose(merge("cart", *t, rank=0.5, low_rank_scale=0.0), diag(3, 2), atol=1e-6)
+    # full rank: the centred parts sum to zero, so CART is the average
+    assert torch.allclose(merge("cart", *t, rank=1.0), diag(3, 2), atol=1e-5)
+
+
+def _wudi_loss(m: torch.Tensor, tvs: torch.Tensor) -> float:
+    l2 = tvs.reshape(len(tvs), -1).norm(dim=-1).square()
+    return float(((m - tvs) @ tvs.transpose(1, 2)).square().sum((1, 2)).div(l2).sum())
+
+
+def test_wudi_starts_at_the_sum_and_lowers_its_loss() -> None:
+    g = torch.Generator().manual_seed(0)
+    tvs = torch.randn(3, 6, 5, generator=g)
+    assert torch.equal(merge("wudi", *tvs, iterations=0), tvs.sum(0))
+    assert torch.allclose(merge("wudi", *tvs[:, 0, :], iterations=5), tvs[:, 0, :].mean(0))
+    after = merge("wudi", *tvs, iterations=200, lr=1e-2)
+    assert _wudi_loss(after, tvs) < 0.5 * _wudi_loss(tvs.sum(0), tvs)

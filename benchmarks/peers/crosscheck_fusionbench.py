@@ -1,9 +1,10 @@
-"""Cross-check the spectral merges (Iso-C, Iso-CTS, TSV-M) against FusionBench's own code.
+"""Cross-check the data-free merges (Iso-C, Iso-CTS, TSV-M, WUDI) against FusionBench's own code.
 
 Both sides see the same small random checkpoints (a pretrained one and N fine-tuned ones with
 matrices, vectors and a rectangular embedding). Ours: ``lines.engine.build_task_vector`` (the
 streaming engine, the path every merge takes). Theirs: FusionBench 0.2.33's functions
-(``iso_c``, ``iso_cts``, ``compute_and_sum_svd_mem_reduction``) on the task vectors, run in its own
+(``iso_c``, ``iso_cts``, ``compute_and_sum_svd_mem_reduction``, ``wudi_merging`` with 30 Adam
+steps) on the task vectors, run in its own
 virtual environment (``bash benchmarks/peers/setup.sh fusionbench``). Prints and writes the
 maximum absolute difference per method and tensor kind.
 
@@ -37,6 +38,7 @@ METHODS = {
     "iso_c": ("iso_c", {}),
     "iso_cts": ("iso_cts", {"common_space_fraction": 0.8}),
     "tsv_m": ("tsv_m", {}),
+    "wudi": ("wudi_merging", {"iterations": 30}),
 }
 
 PEER_SCRIPT = r"""
@@ -47,6 +49,7 @@ from fusion_bench.method.isotropic_merging.iso_utils import iso_c, iso_cts
 from fusion_bench.method.task_singular_vector.utils.TSVM_utils import (
     compute_and_sum_svd_mem_reduction,
 )
+from fusion_bench.method.wudi.wudi import wudi_merging
 import fusion_bench
 root, n = sys.argv[1], int(sys.argv[2])
 pre = load_file(f"{root}/pretrained.safetensors")
@@ -59,6 +62,7 @@ with contextlib.redirect_stdout(io.StringIO()):
         "iso_c": iso_c(tvs, accelerator="cpu"),
         "iso_cts": iso_cts(tvs, common_space_fraction=0.8, accelerator="cpu"),
         "tsv_m": compute_and_sum_svd_mem_reduction(tvs, accelerator="cpu"),
+        "wudi": {k: v.detach() for k, v in wudi_merging(tvs, accelerator="cpu", iter_num=30).items()},
     }
 for name, sd in out.items():
     save_file({k: v.contiguous() for k, v in sd.items()}, f"{root}/peer_{name}.safetensors")

@@ -12,9 +12,8 @@ from lines.merging.base import MergeMethod, check_fraction, stacked
 
 def outlier_mask(t: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
     """Keep ``density`` of ``t``'s entries by dropping the largest ``gamma`` fraction by |t| and
-    then the smallest (mergekit's ``magnitude_outliers``, one tensor at a time; unlike it, a
-    tensor too small for one outlier keeps its top entry instead of losing everything —
-    mergekit's ``indices[n_bot:-0]`` is empty)."""
+    then the smallest, as mergekit 0.1.5's ``magnitude_outliers`` (fewer outliers are dropped
+    when ``gamma`` + ``density`` leaves no room; the sort order breaks ties the same way)."""
     n = t.numel()
     if density >= 1:
         return torch.ones_like(t, dtype=torch.bool)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+
+from lines.errors import LinesError
+from lines.merging.base import MergeMethod, stacked
+from lines.merging.spectral import is_matrix
+
+
+@dataclasses.dataclass
+class Wudi(MergeMethod):
+    """WUDI-Merging (Cheng et al., "Whoever Started the Interference Should End It", ICML 2025):
+    data-free, per weight matrix, τ_m starts at Σ τ_i and takes ``iterations`` Adam steps
+    (learning rate ``lr``) on Σ_i ‖(τ_m − τ_i)·τ_iᵀ‖²_F / ‖τ_i‖²_F — the interference each task
+    vector's own row space sees; other tensors are averaged. As FusionBench's ``wudi_merging``
+    (its default of 400 iterations). Runs on the merge device: a GPU for real models (each
+    iteration is N matrix products per weight matrix)."""
+
+    name: ClassVar[str] = "wudi"
+    summary: ClassVar[str] = "data-free per-matrix optimisation of the merged task vector"
+    reference: ClassVar[str] = "Cheng et al., ICML 2025, arXiv 2503.08099"
+
+    iterations: int = dataclasses.field(default=400, metadata={"help": "Adam steps, ≥ 0"})
+    lr: float = dataclasses.field(default=1e-5, metadata={"help": "Adam learning rate, > 0"})
+
+    def validate(self) -> None:
+        if not isinstance(self.iterations, int) or self.iterations < 0:
+            raise LinesError(f"wudi iterations out of range: {self.iterations!r} (must be ≥ 0)")
+        if not self.lr > 0:
+            raise LinesError(f"wudi lr out of range: {self.lr} (must be > 0)")
+
+    def merge_tensor(self, key: str, taus: Sequence[torch.Tensor]) -> torch.Tensor:
+        tvs = stacked(taus).detach()
+        merged = torch.nn.Parameter(torch.sum(tvs, dim=0))
+        if not is_matrix(tvs):
+            return (merged / tvs.shape[0]).detach()
+        with torch.enable_grad():
+            opt = torch.optim.Adam([merged], lr=self.lr, weight_decay=0)
+            l2 = torch.square(torch.norm(tvs.reshape(tvs.shape[0], -1), p=2, dim=-1))
+            for _ in range(self.iterations):
+                product = torch.matmul(merged.unsqueeze(0) - tvs, tvs.transpose(1, 2))
+                loss = torch.sum(torch.square(product) / l2.unsqueeze(-1).unsqueeze(-1))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return merged.detach()
+
+
+METHOD = Wudi
