@@ -198,3 +198,84 @@ class ReadAhead:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Resident:
+    """Every unit of every input read once and held on ``device``: the same ``get(unit)`` as
+    ``ReadAhead``, for a GPU with room for all the inputs (the engine's statistics and merge passes
+    then never touch the disk or the PCIe bus again).
+
+    Each checkpoint is read by its own thread, tensor by tensor, straight into a pinned staging
+    buffer (``chunk_bytes``, reused) and copied to one device buffer per checkpoint; each tensor
+    is checked for NaN/Inf on the device. ``get`` returns views (a slice of a key is a view of its
+    flat tensor)."""
+
+    def __init__(
+        self,
+        checkpoints: Sequence[Checkpoint],
+        keys: Sequence[str],
+        device: torch.device,
+        *,
+        chunk_bytes: int = 64 << 20,
+        check: bool = True,
+    ):
+        self.cks = list(checkpoints)
+        self.device = device
+        self._views: list[dict[str, torch.Tensor]] = [{} for _ in self.cks]
+        self._keys = list(dict.fromkeys(keys))
+        with ThreadPoolExecutor(max(1, min(8, len(self.cks))), "lines-resident") as pool:
+            futs = [pool.submit(self._load, i, chunk_bytes, check) for i in range(len(self.cks))]
+            for f in futs:
+                f.result()
+
+    def _load(self, i: int, chunk_bytes: int, check: bool) -> None:
+        ck = self.cks[i]
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(device=self.device) if cuda else None
+        staging = torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=cuda) if cuda else None
+        for key in self._keys:
+            info = ck.info(key)
+            if not cuda:
+                t = ck.get(key)
+            else:
+                assert staging is not None and stream is not None
+                t = torch.empty(info.numel, dtype=info.dtype, device=self.device)
+                esize = t.element_size()
+                per = max(1, chunk_bytes // esize)
+                for start in range(0, info.numel, per):
+                    stop = min(start + per, info.numel)
+                    host = ck.read_flat_into(key, start, stop, staging)
+                    with torch.cuda.stream(stream):
+                        t[start:stop].copy_(host, non_blocking=True)
+                    stream.synchronize()  # the staging buffer is reused by the next chunk
+                t = t.view(info.shape)
+            if check:
+                check_finite(ck, key, t)
+            self._views[i][key] = t
+
+    def get(self, unit: Unit) -> list[torch.Tensor]:
+        key, span = unit
+        if span is None:
+            return [v[key] for v in self._views]
+        return [v[key].reshape(-1)[span[0] : span[1]] for v in self._views]
+
+    def close(self) -> None:
+        self._views = [{} for _ in self.cks]
+
+    def __enter__(self) -> Resident:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def fits_resident(
+    checkpoints: Sequence[Checkpoint], keys: Sequence[str], device: torch.device
+) -> bool:
+    """Whether every input's ``keys`` fit on a CUDA device with room to spare for the merge's
+    temporaries (a third of the free memory is left for them)."""
+    if device.type != "cuda":
+        return False
+    need = sum(ck.info(k).nbytes for ck in checkpoints for k in dict.fromkeys(keys))
+    free, _ = torch.cuda.mem_get_info(device)
+    return need < free * 2 // 3

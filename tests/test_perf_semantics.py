@@ -327,3 +327,30 @@ def test_gpu_merge_equals_cpu(grid_ckpts, tmp_path, small_slices, method):
     for k in a:
         assert torch.equal(a[k], b[k]), k
         assert torch.equal(sa[k], sb[k]), k
+
+
+def _merge_both_ways(base, fts, tmp_path, monkeypatch, device: str) -> list[dict]:
+    """The same TIES + LiNeS merge read ahead from disk and with every input resident."""
+    outs = []
+    for resident in (False, True):
+        monkeypatch.setattr(engine_stream, "fits_resident", lambda *a, r=resident: r)
+        out = tmp_path / f"{device}-{resident}.safetensors"
+        merge_checkpoints(
+            base, fts, Ties(density=0.2), Scaling.lines(beta=0.5), out, device=device, **QUIET
+        )
+        outs.append(load_state_dict(out))
+    return outs
+
+
+def test_resident_inputs_equal_streamed(ckpts, tmp_path, small_slices, monkeypatch):
+    """The resident reader (all inputs held in memory, the GPU fast path) gives the same bytes
+    as the read-ahead; on the CPU it is forced here to test its bookkeeping."""
+    a, b = _merge_both_ways(*ckpts, tmp_path, monkeypatch, "cpu")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resident_inputs_equal_streamed_on_gpu(ckpts, tmp_path, small_slices, monkeypatch):
+    a, b = _merge_both_ways(*ckpts, tmp_path, monkeypatch, "cuda")
+    assert all(torch.equal(a[k], b[k]) for k in a)

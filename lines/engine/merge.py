@@ -123,6 +123,7 @@ def start_stream(
     task_weights: Sequence[float] | None,
     progress: bool,
     hash_inputs: bool,
+    resident: bool | None = None,
 ) -> TaskVectorStream:
     """The task-vector stream, after the method's statistics passes; the inputs' sha256 are
     computed meanwhile (cached on the checkpoints for the manifest)."""
@@ -136,6 +137,7 @@ def start_stream(
         task_weights=task_weights,
         progress=progress,
         sliced=is_elementwise(method),
+        resident=resident,
     )
     stack.callback(stream.close)
     method.begin(len(fts), stream.total_entries(), dev)
@@ -165,11 +167,13 @@ def merge_checkpoints(
     allow_duplicate_inputs: bool = False,
     pre_schedule: Schedule | None = None,
     task_weights: Sequence[float] | None = None,
+    resident: bool | None = None,
 ) -> dict[str, Any]:
     """Merge ``finetuned`` into ``pretrained`` with ``method``, scale per block with ``scaling``
     (uniform λ, or LiNeS with given or automatic α), write ``out`` atomically with a manifest,
     and return the manifest. ``pre_lines`` = (α, β) edits each τ_i with LiNeS (or
-    ``pre_schedule``) before merging; ``task_weights`` scales each τ_i before merging. Nothing is
+    ``pre_schedule``) before merging; ``task_weights`` scales each τ_i before merging;
+    ``resident`` holds every input on the device (default: when they fit on a GPU). Nothing is
     written if any input is bad (see ``lines.io.outputs`` for what may be written where)."""
     dev = resolve_device(device)
     odt = parse_dtype(out_dtype)
@@ -203,7 +207,17 @@ def merge_checkpoints(
         )
         tv_plan = plan.companion(tv_target, overwrite) if tv_target is not None else None
         stream = start_stream(
-            stack, base, fts, dev, part, method, pre_l, task_weights, progress, hash_inputs
+            stack,
+            base,
+            fts,
+            dev,
+            part,
+            method,
+            pre_l,
+            task_weights,
+            progress,
+            hash_inputs,
+            resident,
         )
         manifest = merge_manifest(
             "merge", base, fts, method, part, pre_lines, pre_l, dev, hash_inputs
@@ -319,6 +333,7 @@ def build_task_vector(
     allow_duplicate_inputs: bool = False,
     pre_schedule: Schedule | None = None,
     task_weights: Sequence[float] | None = None,
+    resident: bool | None = None,
 ) -> dict[str, Any]:
     """Write only the merged task vector τ_MTL (float32, floating keys) with ‖τ_sum‖ and ‖τ_MTL‖
     in its metadata, plus a manifest beside it. ``apply_task_vector`` (or an in-memory equivalent)
@@ -347,7 +362,17 @@ def build_task_vector(
             plan_output(out, [pretrained, *finetuned], overwrite, recipe=recipe)
         )
         stream = start_stream(
-            stack, base, fts, dev, part, method, pre_l, task_weights, progress, hash_inputs
+            stack,
+            base,
+            fts,
+            dev,
+            part,
+            method,
+            pre_l,
+            task_weights,
+            progress,
+            hash_inputs,
+            resident,
         )
         manifest = merge_manifest(
             "task_vector", base, fts, method, part, pre_lines, pre_l, dev, hash_inputs

@@ -25,7 +25,7 @@ from lines.io import (
 )
 from lines.merging import MergeMethod
 from lines.merging.base import TaskVectors
-from lines.readahead import ReadAhead, Unit, check_finite
+from lines.readahead import ReadAhead, Resident, Unit, check_finite, fits_resident
 
 PathLike = str | os.PathLike[str]
 
@@ -128,7 +128,9 @@ class TaskVectorStream:
     sliced: bool = False  # feed large tensors in flat slices (element-wise methods only)
     float_keys: list[str] = field(init=False)
     slice_numel: int | None = field(init=False)
-    _reader: ReadAhead | None = field(init=False, default=None, repr=False)
+    # None: resident on a GPU with room for every input, else read ahead (see ``reader``)
+    resident: bool | None = None
+    _reader: ReadAhead | Resident | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.float_keys = [k for k in self.base.keys() if self.base.info(k).dtype.is_floating_point]
@@ -153,9 +155,7 @@ class TaskVectorStream:
         The inputs come from a read-ahead (the next units are read, checked for NaN/Inf once and
         moved to the device while this one is computed); the τ_i are the rows of one (N, …)
         float32 tensor (``TaskVectors``), each written once by a subtraction."""
-        if self._reader is None:
-            self._reader = ReadAhead([self.base, *self.finetuned], self.units(), self.device)
-        raw = self._reader.get((key, span))
+        raw = self.reader().get((key, span))
         b = raw[0].float()
         x = torch.empty((len(raw) - 1, *b.shape), dtype=torch.float32, device=b.device)
         for i, t in enumerate(raw[1:]):
@@ -171,6 +171,20 @@ class TaskVectorStream:
         if self.task_weights is not None:
             w = torch.tensor(list(self.task_weights), dtype=x.dtype, device=x.device)
             x.mul_(w.view(-1, *([1] * (x.dim() - 1))))
+
+    def reader(self) -> ReadAhead | Resident:
+        """All inputs held on the device when they fit (GPU; read once, with parallel reads into
+        pinned buffers), else a read-ahead over the passes' unit order."""
+        if self._reader is None:
+            cks = [self.base, *self.finetuned]
+            resident = self.resident
+            if resident is None:
+                resident = fits_resident(cks, self.float_keys, self.device)
+            if resident:
+                self._reader = Resident(cks, self.float_keys, self.device)
+            else:
+                self._reader = ReadAhead(cks, self.units(), self.device)
+        return self._reader
 
     def close(self) -> None:
         if self._reader is not None:
