@@ -128,7 +128,7 @@ def measure_one(a: argparse.Namespace) -> dict:
         )
 
     t0 = time.perf_counter()
-    if a.impl in ("ours", "ours-nohash", "ours-cpu", "ours-streamed"):
+    if a.impl in ("ours", "ours-nohash", "ours-cpu", "ours-resident"):
         m = method()
         man = merge_checkpoints(
             pre,
@@ -140,8 +140,8 @@ def measure_one(a: argparse.Namespace) -> dict:
             progress=False,
             hash_inputs=a.impl == "ours",
             overwrite=True,
-            # ours-streamed: read ahead from disk even where every input fits on the GPU
-            resident=False if a.impl == "ours-streamed" else None,
+            # ours-resident: every input held on the device (opt-in)
+            resident=a.impl == "ours-resident",
         )
         res["alpha"] = man["scaling"]["alpha_value"]
         if a.method == "ties":
@@ -610,7 +610,7 @@ def main() -> None:
         "--impls",
         nargs="+",
         default=["ours", "baseline"],
-        choices=["ours", "ours-nohash", "ours-cpu", "ours-streamed", "baseline", "sweep"],
+        choices=["ours", "ours-nohash", "ours-cpu", "ours-resident", "baseline", "sweep"],
     )
     r.add_argument("--machine", default=None, help="results file name (default: host-device)")
     r.add_argument("--data-dir", default=str(HERE / "data"))

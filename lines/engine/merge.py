@@ -123,7 +123,7 @@ def start_stream(
     task_weights: Sequence[float] | None,
     progress: bool,
     hash_inputs: bool,
-    resident: bool | None = None,
+    resident: bool = False,
 ) -> TaskVectorStream:
     """The task-vector stream, after the method's statistics passes; the inputs' sha256 are
     computed meanwhile (cached on the checkpoints for the manifest)."""
@@ -167,13 +167,14 @@ def merge_checkpoints(
     allow_duplicate_inputs: bool = False,
     pre_schedule: Schedule | None = None,
     task_weights: Sequence[float] | None = None,
-    resident: bool | None = None,
+    resident: bool = False,
 ) -> dict[str, Any]:
     """Merge ``finetuned`` into ``pretrained`` with ``method``, scale per block with ``scaling``
     (uniform λ, or LiNeS with given or automatic α), write ``out`` atomically with a manifest,
     and return the manifest. ``pre_lines`` = (α, β) edits each τ_i with LiNeS (or
     ``pre_schedule``) before merging; ``task_weights`` scales each τ_i before merging;
-    ``resident`` holds every input on the device (default: when they fit on a GPU). Nothing is
+    ``resident`` holds every input on the device when it fits (opt-in: measured no faster than
+    the read-ahead with inputs in the page cache, benchmarks/NOTES.md). Nothing is
     written if any input is bad (see ``lines.io.outputs`` for what may be written where)."""
     dev = resolve_device(device)
     odt = parse_dtype(out_dtype)
@@ -333,7 +334,7 @@ def build_task_vector(
     allow_duplicate_inputs: bool = False,
     pre_schedule: Schedule | None = None,
     task_weights: Sequence[float] | None = None,
-    resident: bool | None = None,
+    resident: bool = False,
 ) -> dict[str, Any]:
     """Write only the merged task vector τ_MTL (float32, floating keys) with ‖τ_sum‖ and ‖τ_MTL‖
     in its metadata, plus a manifest beside it. ``apply_task_vector`` (or an in-memory equivalent)

@@ -128,8 +128,9 @@ class TaskVectorStream:
     sliced: bool = False  # feed large tensors in flat slices (element-wise methods only)
     float_keys: list[str] = field(init=False)
     slice_numel: int | None = field(init=False)
-    # None: resident on a GPU with room for every input, else read ahead (see ``reader``)
-    resident: bool | None = None
+    # True: every input held on the device (see ``reader``); measured no faster than the
+    # read-ahead on an H200 with inputs in the page cache (benchmarks/NOTES.md), so opt-in
+    resident: bool = False
     _reader: ReadAhead | Resident | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -173,14 +174,13 @@ class TaskVectorStream:
             x.mul_(w.view(-1, *([1] * (x.dim() - 1))))
 
     def reader(self) -> ReadAhead | Resident:
-        """All inputs held on the device when they fit (GPU; read once, with parallel reads into
-        pinned buffers), else a read-ahead over the passes' unit order."""
+        """With ``resident`` (and, on a GPU, room for it) every input is read once into device
+        memory with parallel reads into pinned buffers; otherwise a read-ahead over the passes'
+        unit order."""
         if self._reader is None:
             cks = [self.base, *self.finetuned]
-            resident = self.resident
-            if resident is None:
-                resident = fits_resident(cks, self.float_keys, self.device)
-            if resident:
+            on_cpu = self.device.type != "cuda"  # there the caller's choice is obeyed
+            if self.resident and (on_cpu or fits_resident(cks, self.float_keys, self.device)):
                 self._reader = Resident(cks, self.float_keys, self.device)
             else:
                 self._reader = ReadAhead(cks, self.units(), self.device)
