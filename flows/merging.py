@@ -11,10 +11,15 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from flows._core import UNIT_DEPLOYMENT, run_experiment
-from tasks.records import merging_record
+from flows._core import BlockPolicy, Experiment, Method, RunOptions, run_experiment
+from orchestration.records import merging_record
 
-Method = Literal["task_arithmetic", "ties", "consensus", "dare", "magnitude_prune"]
+MERGING = Experiment(
+    "merging",
+    targets=["report"],
+    fan_out_groups=["finetune", "finetune_seed"],
+    build_record=lambda ctx: merging_record(ctx.workspace, ctx.params),
+)
 
 
 @flow(name="merging-benchmark", log_prints=True)
@@ -25,18 +30,14 @@ def merging_benchmark(
     lambdas: list[float] | None = None,
     betas: list[float] | None = None,
     alpha_norm: Literal["l1", "l2"] | None = None,
-    block_policy: Literal["reference", "depth"] | None = None,
+    block_policy: BlockPolicy | None = None,
     seed: int | None = None,
     seeds: list[int] | None = None,
     params: dict[str, Any] | None = None,
     fan_out: bool = False,
-    unit_deployment: str = UNIT_DEPLOYMENT,
-    unit_timeout_s: float = 6 * 3600,
-    tracking: bool = True,
-    on_tracking_down: Literal["fail", "local"] = "local",
     name: str | None = None,
     workspace: str = ".",
-    lock_timeout_s: float | None = None,
+    run: RunOptions | None = None,
 ) -> dict[str, Any]:
     """Parameters left as None keep the profile's value (``profiles/<profile>.yaml``; None: the
     current ``params.yaml``). ``lambdas``: uniform λ grid of the baselines; ``betas``: LiNeS β
@@ -55,20 +56,13 @@ def merging_benchmark(
         **(params or {}),
     }
     return run_experiment(
-        "merging",
-        workspace=workspace,
+        MERGING,
+        overrides,
         profile=profile,
-        overrides=overrides,
-        targets=["report"],
-        fan_out_groups=["finetune", "finetune_seed"],
-        build_record=lambda ctx: merging_record(ctx.workspace, ctx.params),
-        fan_out=fan_out,
-        unit_deployment=unit_deployment,
-        unit_timeout_s=unit_timeout_s,
-        tracking=tracking,
-        on_tracking_down=on_tracking_down,
+        workspace=workspace,
         name=name,
-        lock_timeout_s=lock_timeout_s,
+        fan_out=fan_out,
+        run=run,
     )
 
 

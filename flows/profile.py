@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.workspace import apply_params
+from orchestration.workspace import apply_params
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""The DVC workspace a flow run works in: the exclusive lock, and applying a profile plus overrides
-to ``params.yaml``.
+"""The DVC workspace a flow run works in: the exclusive lock, applying a profile plus overrides
+to ``params.yaml``, and the git revision it runs at.
 
 Concurrency design: one workspace (a checkout with its ``params.yaml``, ``dvc.lock`` and ``out/``)
 holds one experiment at a time, so a flow run takes an exclusive ``flock`` on
@@ -14,17 +14,19 @@ hence their own lock.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import json
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tasks._proc import logger
+from orchestration.proc import logger
 
 LOCK_FILE = ".dvc/tmp/lines-workspace.lock"
 
@@ -159,3 +161,18 @@ def apply_params(
 
 def read_params(workspace: Path) -> dict[str, Any]:
     return _plain(_yaml().load((Path(workspace) / "params.yaml").read_text()))
+
+
+def git_revision(workspace: Path) -> dict[str, str]:
+    """Tags: the HEAD commit, whether tracked files have uncommitted changes, md5 of dvc.lock."""
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=workspace, capture_output=True, text=True, check=False)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    lock = Path(workspace) / "dvc.lock"
+    return {
+        "git.commit": git("rev-parse", "HEAD") or "none",
+        "git.dirty": "true" if git("status", "--porcelain", "--untracked-files=no") else "false",
+        "dvc.lock_md5": hashlib.md5(lock.read_bytes()).hexdigest() if lock.is_file() else "none",
+    }

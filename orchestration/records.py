@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.tracking import Point, RunRecord, flatten
+from orchestration.tracking import Point, RunRecord, flatten
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

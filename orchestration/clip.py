@@ -1,8 +1,8 @@
 """The CLIP benchmark (the ``clip/`` DVC pipeline) for the orchestration: its parameter overrides
-and the MLflow record built from its outputs (pure functions over files, like ``tasks.records``).
+and the MLflow record built from its outputs (pure functions over files, like ``orchestration.records``).
 
 The clip pipeline writes its outputs in the text pipeline's shapes (``out/merge/merge.json``,
-``out/edit/edit.json``, …, relative to ``clip/``), so the record reuses ``tasks.records``: the
+``out/edit/edit.json``, …, relative to ``clip/``), so the record reuses ``orchestration.records``: the
 merging part keeps the text pipeline's names (``<method>.<baseline|lines>.test_acc.<task>``,
 ``<method>.alpha``/``.beta``/``.lambda``, nested runs ``<method>/<variant> β=<coef>``), and the
 editing, WiSE-FT and soups parts are the same records under the prefixes ``edit/``, ``wiseft/``
@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-
-from tasks.dvc import dvc, transient
-from tasks.records import editing_record, merging_record, read_json, soups_record, wiseft_record
-from tasks.tracking import Point, RunRecord
+from orchestration.records import (
+    editing_record,
+    merging_record,
+    read_json,
+    soups_record,
+    wiseft_record,
+)
+from orchestration.tracking import Point, RunRecord
 
 CLIP_DIR = "clip"  # the pipeline's folder inside the project (its dvc.yaml and params.yaml)
 STAGES = ("prepare", "heads", "finetuned_eval", "merge", "edit", "wiseft", "soups", "report")
@@ -45,37 +47,6 @@ def dvc_targets(stages: list[str] | None) -> list[str]:
     if bad:
         raise ValueError(f"unknown clip stage(s) {bad} (known: {', '.join(STAGES)})")
     return [f"{CLIP_DIR}/dvc.yaml:{s}" for s in stages]
-
-
-@task(name="dvc-exp-save-clip", retries=3, retry_delay_seconds=2, retry_condition_fn=transient)
-def clip_exp_save(workspace: Path, name: str, targets: list[str]) -> dict[str, str]:
-    """``dvc exp save -n NAME TARGETS`` for the clip/ pipeline. DVC includes an untracked
-    ``dvc.lock`` only at the project root, so ``clip/dvc.lock`` (and the ``.gitignore`` files
-    DVC wrote for the outputs) are included explicitly; every clip output is in the DVC cache,
-    none needs to go into git. Returns name, ref and commit of the experiment."""
-    ws = Path(workspace)
-    untracked = subprocess.run(
-        ["git", "ls-files", "--others", "--exclude-standard", CLIP_DIR],
-        cwd=ws,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    include = [p for p in untracked if p.endswith(("dvc.lock", ".gitignore"))]
-    args = [a for p in include for a in ("--include-untracked", p)]
-    dvc(ws, "exp", "save", "--force", "--name", name, *args, *targets, log="exp")
-    refs = subprocess.run(
-        ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
-        cwd=ws,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for line in refs:
-        if line.endswith("/" + name):
-            rev, ref = line.split(" ", 1)
-            return {"name": name, "ref": ref, "rev": rev}
-    raise RuntimeError(f"dvc exp save reported success but no ref ends with '{name}'")
 
 
 def _prefixed(sub: RunRecord, prefix: str, into: RunRecord, extra: Mapping[str, Any]) -> None:
@@ -164,7 +135,6 @@ def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
     rec.artifacts += [
         (p, "manifests/finetuned") for p in sorted((d / "ckpt/finetuned").glob("*.json"))
     ]
-    rec.artifacts += [(d / "params.yaml", "manifests"), (d / "dvc.lock", "manifests")]
     # the report's own files (merging_record logs the folder when metrics.json is there)
     return rec
 
