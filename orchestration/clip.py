@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lines.protocol.schemas import MergeResult, SoupsResult, WiseftResult, read_output
 from orchestration.records import (
     editing_record,
     merging_record,
@@ -75,7 +76,7 @@ def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
 
     if (d / "out/merge/merge.json").is_file():
         rec = merging_record(d, params)
-        merge = read_json(d / "out/merge/merge.json")
+        merge = read_output(d / "out/merge/merge.json", MergeResult)
         tasks = merge["tasks"]
         first = next(iter(merge["methods"].values()), None)
         for p in rec.points:
@@ -120,8 +121,9 @@ def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
     if (d / "out/edit/edit.json").is_file():
         _prefixed(editing_record(d, with_policy), "edit", rec, {"sha256.finetuned": task_sha})
     w = d / "out/wiseft/wiseft.json"
-    if w.is_file() and not read_json(w).get("skipped"):
-        model = read_json(w)["model"]
+    wiseft = read_output(w, WiseftResult) if w.is_file() else {"skipped": "not run"}
+    if not wiseft.get("skipped"):
+        model = wiseft["model"]
         _prefixed(
             wiseft_record(d, with_policy),
             "wiseft",
@@ -129,7 +131,7 @@ def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
             {"model": lambda p: model, "sha256.finetuned": lambda p: sha.get(model)},
         )
     s = d / "out/soups/soups.json"
-    if s.is_file() and not read_json(s).get("skipped"):
+    if s.is_file() and not read_output(s, SoupsResult).get("skipped"):
         _prefixed(soups_record(d, with_policy), "soups", rec, {})
     rec.artifacts.append((d / "ckpt/prepare.json", "manifests"))
     rec.artifacts += [

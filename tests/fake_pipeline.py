@@ -34,6 +34,7 @@ def acc(*key):
 
 def wjson(path, obj):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    obj = {"schema_version": 1, **obj}  # the version of lines/protocol/schemas.py
     Path(path).write_text(json.dumps(obj, indent=2))
 
 
@@ -196,7 +197,7 @@ def report(a):
     stub("lines.errors", LinesError=type("LinesError", (Exception,), {}))
     stub("lines.protocol")
     stub("lines.io", write_json_atomic=lambda path, obj: wjson(path, obj))
-    for name in ("scores", "results", "report"):
+    for name in ("scores", "results", "schemas", "report"):
         load(f"lines.protocol.{name}", f"lines/protocol/{name}.py")
     m = load("_report", "lines/pipeline/report.py")
     m.run_report(a.base_eval, a.heads / "heads.json", a.edit, a.merge, a.soups, a.wiseft, a.out,

@@ -20,7 +20,17 @@ from lines.protocol.report import (
     wiseft_metrics,
     write_merge_table,
 )
-from lines.protocol.results import read_csv, read_json, write_json
+from lines.protocol.results import read_csv, read_json
+from lines.protocol.schemas import (
+    BaseEval,
+    EditResult,
+    MergeResult,
+    ReportMetrics,
+    SoupsResult,
+    WiseftResult,
+    read_output,
+    write_output,
+)
 from lines.protocol.scores import mean
 
 
@@ -115,11 +125,11 @@ def run_report(
     out.mkdir(parents=True, exist_ok=True)
     prep = read_json(Path(ckpt) / "prepare.json")
     hs = read_json(Path(heads) / "heads.json")
-    base = read_json(base_eval)
-    mg = read_json(Path(merge) / "merge.json")
-    ed = read_json(Path(edit) / "edit.json")
-    ws = read_json(Path(wiseft) / "wiseft.json")
-    sp = read_json(Path(soups) / "soups.json")
+    base = read_output(base_eval, BaseEval)
+    mg = read_output(Path(merge) / "merge.json", MergeResult)
+    ed = read_output(Path(edit) / "edit.json", EditResult)
+    ws = read_output(Path(wiseft) / "wiseft.json", WiseftResult)
+    sp = read_output(Path(soups) / "soups.json", SoupsResult)
     ws = None if ws.get("skipped") else ws
     sp = None if sp.get("skipped") else sp
     tasks = mg["tasks"]
@@ -137,7 +147,7 @@ def run_report(
         metrics["wiseft"] = wiseft_metrics(ws)
     if sp:
         metrics["soups"] = soups_metrics(sp)
-    write_json(out / "metrics.json", metrics)
+    metrics = write_output(out / "metrics.json", ReportMetrics, metrics)
 
     note = f"{model or 'CLIP'} image tower, zero-shot heads"
     parts = [
