@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.units import stage_unit
 from lines.merging import all_methods
+from lines.pipeline.config import validate_params
 from orchestration.proc import logger
 from orchestration.tracking import RunRecord, flatten, make_tracker
 from orchestration.workspace import apply_params, git_revision, workspace_lock
@@ -111,6 +112,8 @@ class Experiment:
     extra_units: Callable[[Context], list[Unit]] | None = None
     pipeline_dir: str = "."
     summary: Callable[[Context], dict[str, Any]] | None = None
+    # Checks the parameters before params.yaml is written (one-line error naming the key).
+    validate: Callable[[Mapping[str, Any], str], object] | None = validate_params
 
 
 def experiment_name(kind: str, requested: str | None) -> str:
@@ -262,7 +265,7 @@ def run_experiment(
     flow_run_id = str(runtime.flow_run.id or "")
     owner = f"{name} (flow run {flow_run_id or 'local'})"
     with workspace_lock(ws, owner=owner, timeout=run.lock_timeout_s):
-        params = apply_params(ws / exp.pipeline_dir, profile, overrides)
+        params = apply_params(ws / exp.pipeline_dir, profile, overrides, exp.validate)
         ctx = Context(ws, params, name, pipeline_dir=exp.pipeline_dir)
         tags = {
             "lines.kind": exp.kind,

@@ -95,6 +95,7 @@ def clip_benchmark(
         build_record=lambda ctx: clip_record(ctx.pipeline, ctx.params),
         pipeline_dir=CLIP_DIR,
         summary=lambda ctx: summary(ctx.pipeline),
+        validate=None,  # clip/params.yaml is checked by its stages (lines/clip/stages.py)
     )
     return run_experiment(exp, overrides, profile=profile, workspace=workspace, name=name, run=run)
 

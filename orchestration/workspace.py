@@ -21,7 +21,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -134,16 +134,23 @@ def profile_path(workspace: Path, profile: str) -> Path:
 
 
 def apply_params(
-    workspace: Path, profile: str | None, overrides: Mapping[str, Any] | None = None
+    workspace: Path,
+    profile: str | None,
+    overrides: Mapping[str, Any] | None = None,
+    validate: Callable[[Mapping[str, Any], str], object] | None = None,
 ) -> dict[str, Any]:
     """Write ``params.yaml`` = ``profiles/<profile>.yaml`` (or the current ``params.yaml`` when
     ``profile`` is None) with ``overrides`` (dotted keys) applied, comments kept. Returns the
-    resulting parameters as plain data. With no overrides the profile is copied byte for byte."""
+    resulting parameters as plain data. With no overrides the profile is copied byte for byte.
+    ``validate(params, source)`` checks the result before anything is written (it raises)."""
     workspace = Path(workspace)
     target = workspace / "params.yaml"
     src = profile_path(workspace, profile) if profile else target
+    source = str(src.relative_to(workspace)) + (" + the flow's parameters" if overrides else "")
     text = src.read_text()
     if not overrides:
+        if validate is not None:
+            validate(_plain(_yaml().load(text)), source)
         if src != target:
             target.write_text(text)
         return _plain(_yaml().load(text))
@@ -151,6 +158,8 @@ def apply_params(
     doc = y.load(text)
     for k, v in overrides.items():
         set_key(doc, k, v)
+    if validate is not None:
+        validate(_plain(doc), source)
     buf = io.StringIO()
     y.dump(doc, buf)
     tmp = target.with_suffix(".yaml.tmp")

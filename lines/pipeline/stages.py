@@ -218,7 +218,9 @@ def run(a: argparse.Namespace) -> None:
             block_policy=a.block_policy,
         )
     elif a.stage == "merge":
-        cfg = {k: v for k, v in vars(a).items()}
+        from lines.pipeline.config import merge_section
+
+        cfg = merge_section(vars(a))
         ex.run_merge(
             _evaluator(a),
             a.heads / "backbone.safetensors",
