@@ -112,6 +112,8 @@ class Experiment:
     extra_units: Callable[[Context], list[Unit]] | None = None
     pipeline_dir: str = "."
     summary: Callable[[Context], dict[str, Any]] | None = None
+    # Flow parameter → the params.yaml key it sets (see ``run_flow``).
+    keys: Mapping[str, str] = field(default_factory=dict)
     # Checks the parameters before params.yaml is written (one-line error naming the key).
     validate: Callable[[Mapping[str, Any], str], object] | None = validate_params
 
@@ -321,3 +323,21 @@ def run_experiment(
         "units": ctx.units,
         "metrics": exp.summary(ctx) if exp.summary else rec.metrics,
     }
+
+
+def run_flow(exp: Experiment, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Run ``exp`` from a flow's parameters (``locals()`` at the top of the flow): each flow
+    parameter named in ``exp.keys`` sets its params.yaml key (None keeps the profile's value),
+    ``params`` any other dotted key; ``profile``, ``workspace``, ``name``, ``fan_out`` and
+    ``run`` say how the experiment runs."""
+    overrides = {key: args[arg] for arg, key in exp.keys.items()}
+    overrides.update(args.get("params") or {})
+    return run_experiment(
+        exp,
+        overrides,
+        profile=args["profile"],
+        workspace=args["workspace"],
+        name=args["name"],
+        fan_out=args.get("fan_out", False),
+        run=args["run"],
+    )

@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._core import BlockPolicy, Experiment, RunOptions, run_experiment
+from flows._core import BlockPolicy, Experiment, RunOptions, run_flow
 from orchestration.records import editing_record
 
 EDITING = Experiment(
@@ -18,6 +18,12 @@ EDITING = Experiment(
     targets=["edit"],
     fan_out_groups=["finetune"],
     build_record=lambda ctx: editing_record(ctx.workspace, ctx.params),
+    keys={
+        "tasks": "common.tasks",
+        "gammas": "edit.gammas",
+        "block_policy": "edit.block_policy",
+        "seed": "common.seed",
+    },
 )
 
 
@@ -36,22 +42,7 @@ def single_task_editing(
 ) -> dict[str, Any]:
     """``gammas``: the γ grid of λ(ℓ) = γ + (1−γ)(ℓ−1)/(L−1) (γ chosen on val by
     2·target + control). None keeps the profile's value; see ``merging_benchmark``."""
-    overrides = {
-        "common.tasks": tasks,
-        "edit.gammas": gammas,
-        "edit.block_policy": block_policy,
-        "common.seed": seed,
-        **(params or {}),
-    }
-    return run_experiment(
-        EDITING,
-        overrides,
-        profile=profile,
-        workspace=workspace,
-        name=name,
-        fan_out=fan_out,
-        run=run,
-    )
+    return run_flow(EDITING, locals())
 
 
 if __name__ == "__main__":

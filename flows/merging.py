@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from flows._core import BlockPolicy, Experiment, Method, RunOptions, run_experiment
+from flows._core import BlockPolicy, Experiment, Method, RunOptions, run_flow
 from orchestration.records import merging_record
 
 MERGING = Experiment(
@@ -19,6 +19,16 @@ MERGING = Experiment(
     targets=["report"],
     fan_out_groups=["finetune", "finetune_seed"],
     build_record=lambda ctx: merging_record(ctx.workspace, ctx.params),
+    keys={
+        "tasks": "common.tasks",
+        "methods": "merge.methods",
+        "lambdas": "merge.lambdas",
+        "betas": "merge.betas",
+        "alpha_norm": "merge.alpha_norm",
+        "block_policy": "merge.block_policy",
+        "seed": "common.seed",
+        "seeds": "soups.seeds",
+    },
 )
 
 
@@ -44,26 +54,7 @@ def merging_benchmark(
     grid (α from the rule: ``alpha_norm``); ``seeds``: extra fine-tuning seeds for the soups;
     ``params``: any other params.yaml key, dotted (``{"merge.ties_density": 0.1}``).
     ``fan_out``: fine-tune each task as a separate ``stage-unit`` deployment run."""
-    overrides = {
-        "common.tasks": tasks,
-        "merge.methods": methods,
-        "merge.lambdas": lambdas,
-        "merge.betas": betas,
-        "merge.alpha_norm": alpha_norm,
-        "merge.block_policy": block_policy,
-        "common.seed": seed,
-        "soups.seeds": seeds,
-        **(params or {}),
-    }
-    return run_experiment(
-        MERGING,
-        overrides,
-        profile=profile,
-        workspace=workspace,
-        name=name,
-        fan_out=fan_out,
-        run=run,
-    )
+    return run_flow(MERGING, locals())
 
 
 if __name__ == "__main__":

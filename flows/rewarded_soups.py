@@ -18,7 +18,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._core import BlockPolicy, Context, Experiment, RunOptions, Unit, run_experiment
+from flows._core import BlockPolicy, Context, Experiment, RunOptions, Unit, run_flow
 from orchestration.records import rewarded_soups_record
 
 
@@ -79,6 +79,7 @@ def rewarded_soups(
     """``pair``: the two tasks whose fine-tuned models are interpolated (default: the profile's
     first two); ``weights``: the grid of the first model's weight w (the second gets 1 − w);
     ``lines_beta``: LiNeS β on the soup's task vector (None: plain interpolation)."""
+    args = dict(locals())  # the flow's parameters (before any local name is defined)
     if any(not 0.0 <= w <= 1.0 for w in weights):
         raise ValueError(f"weights must lie in [0, 1], got {weights}")
 
@@ -109,11 +110,9 @@ def rewarded_soups(
         fan_out_groups=["finetune"],
         build_record=record,
         extra_units=units,
+        keys={"seed": "common.seed"},
     )
-    overrides = {"common.seed": seed, **(params or {})}
-    return run_experiment(
-        exp, overrides, profile=profile, workspace=workspace, name=name, fan_out=fan_out, run=run
-    )
+    return run_flow(exp, args)
 
 
 if __name__ == "__main__":

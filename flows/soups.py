@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._core import Experiment, RunOptions, run_experiment
+from flows._core import Experiment, RunOptions, run_flow
 from orchestration.records import soups_record
 
 SOUPS = Experiment(
@@ -18,6 +18,12 @@ SOUPS = Experiment(
     targets=["soups"],
     fan_out_groups=["finetune", "finetune_seed"],
     build_record=lambda ctx: soups_record(ctx.workspace, ctx.params),
+    keys={
+        "task": "soups.task",
+        "seeds": "soups.seeds",
+        "gammas": "soups.gammas",
+        "seed": "common.seed",
+    },
 )
 
 
@@ -36,16 +42,7 @@ def soups(
 ) -> dict[str, Any]:
     """``task``: the task whose seeds are souped; ``seeds``: the extra fine-tuning seeds (the
     first ingredient is ``common.seed``); ``gammas``: LiNeS γ grid. None keeps the profile's."""
-    overrides = {
-        "soups.task": task,
-        "soups.seeds": seeds,
-        "soups.gammas": gammas,
-        "common.seed": seed,
-        **(params or {}),
-    }
-    return run_experiment(
-        SOUPS, overrides, profile=profile, workspace=workspace, name=name, fan_out=fan_out, run=run
-    )
+    return run_flow(SOUPS, locals())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._core import Experiment, RunOptions, run_experiment
+from flows._core import Experiment, RunOptions, run_flow
 from orchestration.records import wiseft_record
 
 WISEFT = Experiment(
@@ -18,6 +18,12 @@ WISEFT = Experiment(
     targets=["wiseft"],
     fan_out_groups=["finetune"],
     build_record=lambda ctx: wiseft_record(ctx.workspace, ctx.params),
+    keys={
+        "wiseft_tasks": "wiseft.wiseft_tasks",
+        "gammas": "wiseft.gammas",
+        "lines_gamma": "wiseft.lines_gamma",
+        "seed": "common.seed",
+    },
 )
 
 
@@ -36,16 +42,7 @@ def wise_ft(
 ) -> dict[str, Any]:
     """``gammas``: WiSE-FT γ grid; ``lines_gamma``: the LiNeS γ of the edited variant. None keeps
     the profile's value."""
-    overrides = {
-        "wiseft.wiseft_tasks": wiseft_tasks,
-        "wiseft.gammas": gammas,
-        "wiseft.lines_gamma": lines_gamma,
-        "common.seed": seed,
-        **(params or {}),
-    }
-    return run_experiment(
-        WISEFT, overrides, profile=profile, workspace=workspace, name=name, fan_out=fan_out, run=run
-    )
+    return run_flow(WISEFT, locals())
 
 
 if __name__ == "__main__":
