@@ -25,15 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lines.protocol.schemas import (
-    BaseEval,
-    EditResult,
-    MergeResult,
-    ReportMetrics,
-    SoupsResult,
-    WiseftResult,
-    read_output,
-)
+from lines.protocol import schemas
+from lines.protocol.schemas import read_output
 from orchestration.tracking import Point, RunRecord, flatten
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -99,13 +92,13 @@ def _common(ws: Path, params: Mapping[str, Any]) -> RunRecord:
 
 def _ft_ref(ws: Path, split: str) -> dict[str, float]:
     """Each fine-tuned model's accuracy on its own task (the normaliser), from base_eval."""
-    base = read_output(ws / "out/eval/base.json", BaseEval)
+    base = read_output(ws / "out/eval/base.json", schemas.BaseEval)
     return {t: r[split][t] for t, r in base["finetuned"].items()}
 
 
 def merging_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
     ws = Path(ws)
-    merge = read_output(ws / "out/merge/merge.json", MergeResult)
+    merge = read_output(ws / "out/merge/merge.json", schemas.MergeResult)
     rec = _common(ws, params)
     tasks = merge["tasks"]
     rec.params.update(
@@ -143,7 +136,7 @@ def merging_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
         rec.metrics.update(
             {
                 f"report.{k}": v
-                for k, v in numeric(flatten(read_output(report, ReportMetrics))).items()
+                for k, v in numeric(flatten(read_output(report, schemas.ReportMetrics))).items()
             }
         )
         rec.artifacts.append((ws / "out/report", "report"))
@@ -175,7 +168,7 @@ def merging_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
 
 def editing_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
     ws = Path(ws)
-    edit = read_output(ws / "out/edit/edit.json", EditResult)
+    edit = read_output(ws / "out/edit/edit.json", schemas.EditResult)
     rec = _common(ws, params)
     rec.params["block_policy"] = params["edit"].get("block_policy")
     rec.params["gammas"] = edit["gammas"]
@@ -213,7 +206,7 @@ def editing_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
 
 def soups_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
     ws = Path(ws)
-    soups = read_output(ws / "out/soups/soups.json", SoupsResult)
+    soups = read_output(ws / "out/soups/soups.json", schemas.SoupsResult)
     rec = _common(ws, params)
     rec.params.update(
         {
@@ -254,7 +247,7 @@ def soups_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
 
 def wiseft_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
     ws = Path(ws)
-    w = read_output(ws / "out/wiseft/wiseft.json", WiseftResult)
+    w = read_output(ws / "out/wiseft/wiseft.json", schemas.WiseftResult)
     rec = _common(ws, params)
     rec.params.update(
         {"wiseft_tasks": w["tasks"], "gammas": w["gammas"], "lines_gamma": w["lines_gamma"]}
