@@ -1,15 +1,21 @@
 """What every experiment flow does, in order (the flows in this package only say which stages,
 which parameters and how to read the results):
 
-1. take the workspace lock (``tasks.workspace``: one experiment at a time per checkout);
-2. write ``params.yaml`` = profile + the flow's parameters, open the MLflow run with them;
+1. take the workspace lock (``orchestration.workspace``: one experiment at a time per checkout);
+2. write the pipeline's ``params.yaml`` = profile + the flow's parameters, open the MLflow run
+   with them;
 3. with ``fan_out``: reproduce the units' upstream (``dvc repro heads``), start every stale
    per-task fine-tuning stage as a ``stage-unit`` deployment run (any worker of the pool picks it
    up), wait, ``dvc commit`` them; then ``dvc repro TARGETS`` for the rest (finished stages are
    skipped, so a rerun after a crash resumes);
 4. run the flow's extra units (rewarded soups: one per weight point);
 5. ``dvc exp save`` (the run is a DVC experiment named like the MLflow run), ``dvc plots show``;
-6. build the record from the DVC outputs (``tasks.records``) and log it; close the run.
+6. build the record from the DVC outputs (``orchestration.records``) and log it; close the run.
+
+A flow declares an :class:`Experiment` (its stages, how to read its results) and passes its
+parameters as dotted ``params.yaml`` overrides plus one :class:`RunOptions` (how the run is executed
+and recorded). The pipeline may live in a folder of the project (``clip/``): the workspace lock,
+git and DVC stay the project's, the parameters are that folder's.
 """
 
 from __future__ import annotations
@@ -20,12 +26,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import runtime
+from pydantic import BaseModel, ConfigDict, Field
 
 from flows.units import stage_unit
-from tasks._proc import logger
+from lines.merging import all_methods
+from lines.pipeline.config import validate_params
+from orchestration.proc import logger
+from orchestration.tracking import RunRecord, flatten, make_tracker
+from orchestration.workspace import apply_params, git_revision, workspace_lock
 from tasks.dvc import (
     dvc_commit,
     dvc_exp_save,
@@ -34,13 +45,33 @@ from tasks.dvc import (
     dvc_run_cached,
     dvc_stage_specs,
     dvc_stale_stages,
-    git_revision,
 )
-from tasks.tracking import OnDown, RunRecord, flatten, make_tracker
-from tasks.workspace import apply_params, workspace_lock
 
 UNIT_DEPLOYMENT = "stage-unit/stage-unit"
 UNITS_UPSTREAM = ["heads"]  # what every fan-out unit reads besides the fetched data
+
+# The merge methods a flow accepts: every registered method (``lines/merging/methods/``), so a new
+# method file is a valid flow parameter with no edit here.
+Method = Literal[tuple(all_methods())]  # type: ignore[valid-type]
+BlockPolicy = Literal["reference", "depth"]
+
+
+class RunOptions(BaseModel):
+    """How a flow run is executed and recorded (not what it computes); the same for every flow.
+    Where it runs (``workspace``), under which name and whether fine-tuning fans out are flow
+    parameters of their own, since nearly every call names them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tracking: bool = Field(True, description="log to MLflow (false: the null tracker)")
+    on_tracking_down: Literal["fail", "local"] = Field(
+        "local", description="tracking server down: record into .mlflow-local/, or fail"
+    )
+    unit_deployment: str = Field(UNIT_DEPLOYMENT, description="deployment of fan-out units")
+    unit_timeout_s: float = Field(6 * 3600, gt=0, description="wait at most this for the units")
+    lock_timeout_s: float | None = Field(
+        None, ge=0, description="wait at most this for the workspace lock (None: forever)"
+    )
 
 
 @dataclass
@@ -60,6 +91,31 @@ class Context:
     name: str
     units: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    pipeline_dir: str = "."
+
+    @property
+    def pipeline(self) -> Path:
+        """The folder of the pipeline's ``dvc.yaml`` and ``params.yaml``."""
+        return self.workspace / self.pipeline_dir
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What a flow runs: its DVC ``targets`` (relative to the project root), the foreach groups
+    that may fan out, how to build the MLflow record and, optionally, extra units and the
+    metrics the flow returns (default: the record's)."""
+
+    kind: str
+    targets: list[str]
+    build_record: Callable[[Context], RunRecord]
+    fan_out_groups: list[str] = field(default_factory=list)
+    extra_units: Callable[[Context], list[Unit]] | None = None
+    pipeline_dir: str = "."
+    summary: Callable[[Context], dict[str, Any]] | None = None
+    # Flow parameter → the params.yaml key it sets (see ``run_flow``).
+    keys: Mapping[str, str] = field(default_factory=dict)
+    # Checks the parameters before params.yaml is written (one-line error naming the key).
+    validate: Callable[[Mapping[str, Any], str], object] | None = validate_params
 
 
 def experiment_name(kind: str, requested: str | None) -> str:
@@ -174,7 +230,7 @@ def add_run_context(rec: RunRecord, ctx: Context, exp: Mapping[str, str]) -> Non
     revisions, params.yaml and dvc.lock, the offline DVC plots page, the units' report."""
     ws = ctx.workspace
     rec.tags.update({"dvc.exp_rev": exp["rev"], "dvc.exp_ref": exp["ref"], **git_revision(ws)})
-    rec.artifacts += [(ws / "params.yaml", "manifests"), (ws / "dvc.lock", "manifests")]
+    rec.artifacts += [(ctx.pipeline / f, "manifests") for f in ("params.yaml", "dvc.lock")]
     page = dvc_plots_show(ws, Path(".dvc/tmp/lines-plots") / ctx.name)
     if page is not None:
         rec.artifacts.append((page.parent, "dvc_plots"))
@@ -186,36 +242,36 @@ def add_run_context(rec: RunRecord, ctx: Context, exp: Mapping[str, str]) -> Non
 
 
 def run_experiment(
-    kind: str,
-    *,
-    workspace: str,
-    profile: str | None,
+    exp: Experiment,
     overrides: Mapping[str, Any],
-    targets: list[str],
-    fan_out_groups: list[str],
-    build_record: Callable[[Context], RunRecord],
-    fan_out: bool,
-    unit_deployment: str,
-    unit_timeout_s: float,
-    tracking: bool,
-    on_tracking_down: OnDown,
+    *,
+    profile: str | None,
+    workspace: str,
     name: str | None,
-    lock_timeout_s: float | None,
-    extra_units: Callable[[Context], list[Unit]] | None = None,
+    fan_out: bool = False,
+    run: RunOptions | None = None,
 ) -> dict[str, Any]:
+    """Run ``exp`` in ``workspace`` with ``profile`` + ``overrides`` (dotted keys; None values
+    keep the profile's) as the DVC experiment and MLflow run ``name``; return the headline."""
+    run = run or RunOptions()
     ws = Path(workspace).resolve()
-    name = experiment_name(kind, name)
+    params_file = str(Path(exp.pipeline_dir) / "params.yaml")
+    if not (ws / exp.pipeline_dir / "dvc.yaml").is_file():
+        raise FileNotFoundError(
+            f"{ws / exp.pipeline_dir / 'dvc.yaml'}: not this pipeline's project"
+        )
+    name = experiment_name(exp.kind, name)
     log = logger()
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    tracker = make_tracker(tracking, f"lines-{kind}", ws, on_tracking_down)
+    tracker = make_tracker(run.tracking, f"lines-{exp.kind}", ws, run.on_tracking_down)
     flow_run_id = str(runtime.flow_run.id or "")
     owner = f"{name} (flow run {flow_run_id or 'local'})"
-    with workspace_lock(ws, owner=owner, timeout=lock_timeout_s):
-        params = apply_params(ws, profile, overrides)
-        ctx = Context(ws, params, name)
+    with workspace_lock(ws, owner=owner, timeout=run.lock_timeout_s):
+        params = apply_params(ws / exp.pipeline_dir, profile, overrides, exp.validate)
+        ctx = Context(ws, params, name, pipeline_dir=exp.pipeline_dir)
         tags = {
-            "lines.kind": kind,
-            "lines.profile": profile or "(current params.yaml)",
+            "lines.kind": exp.kind,
+            "lines.profile": profile or f"(current {params_file})",
             "dvc.experiment": name,
             "prefect.flow_run_id": flow_run_id,
             "prefect.flow_run_name": str(runtime.flow_run.name or ""),
@@ -227,27 +283,27 @@ def run_experiment(
             **flatten(params),
             "profile": profile or "(current)",
             "overrides": json.dumps(overrides, sort_keys=True),
-            "targets": targets,
+            "targets": exp.targets,
             "fan_out": fan_out,
         }
         tracker.start(name, tags, start_params)
         try:
-            if fan_out and fan_out_groups:
+            if fan_out and exp.fan_out_groups:
                 ctx.units += fan_out_stale_stages(
-                    ctx, fan_out_groups, unit_deployment, unit_timeout_s
+                    ctx, exp.fan_out_groups, run.unit_deployment, run.unit_timeout_s
                 )
-            dvc_repro(ws, targets)
-            if extra_units is not None:
+            dvc_repro(ws, exp.targets)
+            if exp.extra_units is not None:
                 ctx.units += run_units(
                     ctx,
-                    extra_units(ctx),
+                    exp.extra_units(ctx),
                     fan_out=fan_out,
-                    deployment=unit_deployment,
-                    timeout_s=unit_timeout_s,
+                    deployment=run.unit_deployment,
+                    timeout_s=run.unit_timeout_s,
                 )
-            exp = dvc_exp_save(ws, name, targets)
-            rec = build_record(ctx)
-            add_run_context(rec, ctx, exp)
+            saved = dvc_exp_save(ws, name, exp.targets, exp.pipeline_dir)
+            rec = exp.build_record(ctx)
+            add_run_context(rec, ctx, saved)
             tracker.record(rec)
         except BaseException:
             tracker.finish("FAILED")
@@ -261,9 +317,27 @@ def run_experiment(
     )
     return {
         "experiment": name,
-        "dvc_exp_rev": exp["rev"],
+        "dvc_exp_rev": saved["rev"],
         "mlflow_run_id": tracker.run_id,
         "tracking": tracker.description,
         "units": ctx.units,
-        "metrics": rec.metrics,
+        "metrics": exp.summary(ctx) if exp.summary else rec.metrics,
     }
+
+
+def run_flow(exp: Experiment, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Run ``exp`` from a flow's parameters (``locals()`` at the top of the flow): each flow
+    parameter named in ``exp.keys`` sets its params.yaml key (None keeps the profile's value),
+    ``params`` any other dotted key; ``profile``, ``workspace``, ``name``, ``fan_out`` and
+    ``run`` say how the experiment runs."""
+    overrides = {key: args[arg] for arg, key in exp.keys.items()}
+    overrides.update(args.get("params") or {})
+    return run_experiment(
+        exp,
+        overrides,
+        profile=args["profile"],
+        workspace=args["workspace"],
+        name=args["name"],
+        fan_out=args.get("fan_out", False),
+        run=args["run"],
+    )

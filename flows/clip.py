@@ -6,32 +6,24 @@ per flow run, nested runs per evaluation point).
     prefect deployment run 'clip-benchmark/vit-b-32' --param device=cuda --watch
     python -m flows.clip               # the same, as a plain script (temporary Prefect server)
 
-It follows ``flows._core.run_experiment`` step by step, for a pipeline that lives in a folder of
-the project: the workspace lock is the project's, the parameters written are
-``clip/params.yaml`` (+ ``clip/profiles/<profile>.yaml`` when a profile is named), and DVC runs
-from the project root with ``clip/dvc.yaml`` targets (nothing is created inside ``clip/`` that
-would make DVC take it for a separate repository).
+It is ``flows._core.run_experiment`` for a pipeline that lives in a folder of the project: the
+workspace lock, git and DVC are the project's (DVC runs from the root with ``clip/dvc.yaml``
+targets; nothing is created inside ``clip/`` that would make DVC take it for a separate
+repository), the parameters written are ``clip/params.yaml`` (+ ``clip/profiles/<profile>.yaml``
+when a profile is named).
 """
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow, runtime
+from prefect import flow
 from pydantic import BaseModel, Field
 
-from flows._core import experiment_name
-from tasks._proc import logger
-from tasks.clip import CLIP_DIR, clip_exp_save, clip_record, dvc_targets, overrides_of, summary
-from tasks.dvc import dvc_plots_show, dvc_repro, git_revision
-from tasks.tracking import OnDown, flatten, make_tracker
-from tasks.workspace import apply_params, workspace_lock
+from flows._core import BlockPolicy, Experiment, Method, RunOptions, run_experiment
+from orchestration.clip import CLIP_DIR, STAGES, clip_record, dvc_targets, overrides_of, summary
 
-Method = Literal["task_arithmetic", "ties", "consensus", "dare", "magnitude_prune"]
-Stage = Literal["prepare", "heads", "finetuned_eval", "merge", "edit", "wiseft", "soups", "report"]
+Stage = Literal[STAGES]  # type: ignore[valid-type]
 
 
 class ClipSources(BaseModel):
@@ -64,15 +56,13 @@ def clip_benchmark(
     edit_gammas: list[float] | None = None,
     wiseft_gammas: list[float] | None = None,
     device: str | None = None,
-    block_policy: Literal["reference", "depth"] | None = None,
+    block_policy: BlockPolicy | None = None,
     params: dict[str, Any] | None = None,
     stages: list[Stage] | None = None,
     profile: str | None = None,
-    tracking: bool = True,
-    on_tracking_down: Literal["fail", "local"] = "local",
     name: str | None = None,
     workspace: str = ".",
-    lock_timeout_s: float | None = None,
+    run: RunOptions | None = None,
 ) -> dict[str, Any]:
     """Parameters left as None keep ``clip/params.yaml``'s value (or ``clip/profiles/<profile>
     .yaml``'s). ``model``: e.g. ViT-B-32 (checked against the weights); ``suite``: the merged
@@ -99,92 +89,15 @@ def clip_benchmark(
         block_policy=block_policy,
         params=params,
     )
-    return run_clip(
-        workspace=workspace,
-        profile=profile,
-        overrides=overrides,
-        stages=list(stages or []),
-        tracking=tracking,
-        on_tracking_down=on_tracking_down,
-        name=name,
-        lock_timeout_s=lock_timeout_s,
+    exp = Experiment(
+        "clip",
+        targets=dvc_targets(list(stages or [])),
+        build_record=lambda ctx: clip_record(ctx.pipeline, ctx.params),
+        pipeline_dir=CLIP_DIR,
+        summary=lambda ctx: summary(ctx.pipeline),
+        validate=None,  # clip/params.yaml is checked by its stages (lines/clip/stages.py)
     )
-
-
-def run_clip(
-    *,
-    workspace: str,
-    profile: str | None,
-    overrides: dict[str, Any],
-    stages: list[str],
-    tracking: bool,
-    on_tracking_down: OnDown,
-    name: str | None,
-    lock_timeout_s: float | None,
-) -> dict[str, Any]:
-    ws = Path(workspace).resolve()
-    clip_dir = ws / CLIP_DIR
-    if not (clip_dir / "dvc.yaml").is_file():
-        raise FileNotFoundError(f"{clip_dir / 'dvc.yaml'}: not a project with the CLIP pipeline")
-    targets = dvc_targets(stages)
-    name = experiment_name("clip", name)
-    log = logger()
-    tracker = make_tracker(tracking, "lines-clip", ws, on_tracking_down)
-    flow_run_id = str(runtime.flow_run.id or "")
-    t0 = time.monotonic()
-    with workspace_lock(
-        ws, owner=f"{name} (flow run {flow_run_id or 'local'})", timeout=lock_timeout_s
-    ):
-        params = apply_params(clip_dir, profile, overrides)
-        tags = {
-            "lines.kind": "clip",
-            "lines.profile": profile or "(current clip/params.yaml)",
-            "dvc.experiment": name,
-            "prefect.flow_run_id": flow_run_id,
-            "prefect.flow_run_name": str(runtime.flow_run.name or ""),
-            "prefect.deployment": str(runtime.deployment.name or ""),
-            **git_revision(ws),
-        }
-        tags = {k: v for k, v in tags.items() if v}
-        tracker.start(
-            name,
-            tags,
-            {
-                **flatten(params),
-                "profile": profile or "(current)",
-                "overrides": json.dumps(overrides, sort_keys=True),
-                "targets": targets,
-            },
-        )
-        try:
-            dvc_repro(ws, targets)
-            exp = clip_exp_save(ws, name, targets)
-            page = dvc_plots_show(ws, Path(".dvc/tmp/lines-plots") / name)
-            rec = clip_record(clip_dir, params)
-            rec.tags.update(
-                {"dvc.exp_rev": exp["rev"], "dvc.exp_ref": exp["ref"], **git_revision(ws)}
-            )
-            if page is not None:
-                rec.artifacts.append((page.parent, "dvc_plots"))
-            tracker.record(rec)
-        except BaseException:
-            tracker.finish("FAILED")
-            raise
-        tracker.finish("FINISHED")
-    log.info(
-        "CLIP benchmark %s done in %.0f s: dvc exp show lists it; %s run %s",
-        name,
-        time.monotonic() - t0,
-        tracker.description,
-        tracker.run_id,
-    )
-    return {
-        "experiment": name,
-        "dvc_exp_rev": exp["rev"],
-        "mlflow_run_id": tracker.run_id,
-        "tracking": tracker.description,
-        "metrics": summary(clip_dir),
-    }
+    return run_experiment(exp, overrides, profile=profile, workspace=workspace, name=name, run=run)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,25 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from flows._core import UNIT_DEPLOYMENT, run_experiment
-from tasks.records import merging_record
+from flows._core import BlockPolicy, Experiment, Method, RunOptions, run_flow
+from orchestration.records import merging_record
 
-Method = Literal["task_arithmetic", "ties", "consensus", "dare", "magnitude_prune"]
+MERGING = Experiment(
+    "merging",
+    targets=["report"],
+    fan_out_groups=["finetune", "finetune_seed"],
+    build_record=lambda ctx: merging_record(ctx.workspace, ctx.params),
+    keys={
+        "tasks": "common.tasks",
+        "methods": "merge.methods",
+        "lambdas": "merge.lambdas",
+        "betas": "merge.betas",
+        "alpha_norm": "merge.alpha_norm",
+        "block_policy": "merge.block_policy",
+        "seed": "common.seed",
+        "seeds": "soups.seeds",
+    },
+)
 
 
 @flow(name="merging-benchmark", log_prints=True)
@@ -25,51 +40,21 @@ def merging_benchmark(
     lambdas: list[float] | None = None,
     betas: list[float] | None = None,
     alpha_norm: Literal["l1", "l2"] | None = None,
-    block_policy: Literal["reference", "depth"] | None = None,
+    block_policy: BlockPolicy | None = None,
     seed: int | None = None,
     seeds: list[int] | None = None,
     params: dict[str, Any] | None = None,
     fan_out: bool = False,
-    unit_deployment: str = UNIT_DEPLOYMENT,
-    unit_timeout_s: float = 6 * 3600,
-    tracking: bool = True,
-    on_tracking_down: Literal["fail", "local"] = "local",
     name: str | None = None,
     workspace: str = ".",
-    lock_timeout_s: float | None = None,
+    run: RunOptions | None = None,
 ) -> dict[str, Any]:
     """Parameters left as None keep the profile's value (``profiles/<profile>.yaml``; None: the
     current ``params.yaml``). ``lambdas``: uniform λ grid of the baselines; ``betas``: LiNeS β
     grid (α from the rule: ``alpha_norm``); ``seeds``: extra fine-tuning seeds for the soups;
     ``params``: any other params.yaml key, dotted (``{"merge.ties_density": 0.1}``).
     ``fan_out``: fine-tune each task as a separate ``stage-unit`` deployment run."""
-    overrides = {
-        "common.tasks": tasks,
-        "merge.methods": methods,
-        "merge.lambdas": lambdas,
-        "merge.betas": betas,
-        "merge.alpha_norm": alpha_norm,
-        "merge.block_policy": block_policy,
-        "common.seed": seed,
-        "soups.seeds": seeds,
-        **(params or {}),
-    }
-    return run_experiment(
-        "merging",
-        workspace=workspace,
-        profile=profile,
-        overrides=overrides,
-        targets=["report"],
-        fan_out_groups=["finetune", "finetune_seed"],
-        build_record=lambda ctx: merging_record(ctx.workspace, ctx.params),
-        fan_out=fan_out,
-        unit_deployment=unit_deployment,
-        unit_timeout_s=unit_timeout_s,
-        tracking=tracking,
-        on_tracking_down=on_tracking_down,
-        name=name,
-        lock_timeout_s=lock_timeout_s,
-    )
+    return run_flow(MERGING, locals())
 
 
 if __name__ == "__main__":

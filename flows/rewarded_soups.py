@@ -14,12 +14,12 @@ after evaluation unless ``keep_checkpoints``).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 
-from flows._core import UNIT_DEPLOYMENT, Context, Unit, run_experiment
-from tasks.records import rewarded_soups_record
+from flows._core import BlockPolicy, Context, Experiment, RunOptions, Unit, run_flow
+from orchestration.records import rewarded_soups_record
 
 
 def _weight_units(
@@ -47,7 +47,8 @@ def _weight_units(
         if lines_beta is not None:
             interp += f" --lines-beta {lines_beta!r}"
         evaluate = (
-            f"python -m tasks.evaluate --checkpoint {ck} --tasks {' '.join(pair)} "
+            "python -m lines.pipeline.stages evaluate "
+            f"--checkpoint {ck} --tasks {' '.join(pair)} "
             f"--backbone {c['backbone']} --fetch data/fetch --heads out/heads "
             f"--max_test {d['max_test']} --max_len {c['max_len']} --image_size {c['image_size']} "
             f"--seed {c['seed']} --device {c.get('device', 'cpu')} --out {ev}"
@@ -66,22 +67,19 @@ def rewarded_soups(
     pair: list[str] | None = None,
     weights: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0],  # noqa: B006 - Prefect parameter default
     lines_beta: float | None = None,
-    block_policy: Literal["reference", "depth"] = "reference",
+    block_policy: BlockPolicy = "reference",
     keep_checkpoints: bool = False,
     seed: int | None = None,
     params: dict[str, Any] | None = None,
     fan_out: bool = False,
-    unit_deployment: str = UNIT_DEPLOYMENT,
-    unit_timeout_s: float = 6 * 3600,
-    tracking: bool = True,
-    on_tracking_down: Literal["fail", "local"] = "local",
     name: str | None = None,
     workspace: str = ".",
-    lock_timeout_s: float | None = None,
+    run: RunOptions | None = None,
 ) -> dict[str, Any]:
     """``pair``: the two tasks whose fine-tuned models are interpolated (default: the profile's
     first two); ``weights``: the grid of the first model's weight w (the second gets 1 − w);
     ``lines_beta``: LiNeS β on the soup's task vector (None: plain interpolation)."""
+    args = dict(locals())  # the flow's parameters (before any local name is defined)
     if any(not 0.0 <= w <= 1.0 for w in weights):
         raise ValueError(f"weights must lie in [0, 1], got {weights}")
 
@@ -106,23 +104,15 @@ def rewarded_soups(
         )
         return rec
 
-    return run_experiment(
+    exp = Experiment(
         "rewarded-soups",
-        workspace=workspace,
-        profile=profile,
-        overrides={"common.seed": seed, **(params or {})},
         targets=["base_eval"],
         fan_out_groups=["finetune"],
         build_record=record,
-        fan_out=fan_out,
-        unit_deployment=unit_deployment,
-        unit_timeout_s=unit_timeout_s,
-        tracking=tracking,
-        on_tracking_down=on_tracking_down,
-        name=name,
-        lock_timeout_s=lock_timeout_s,
         extra_units=units,
+        keys={"seed": "common.seed"},
     )
+    return run_flow(exp, args)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,25 @@ LiNeS (γ chosen on val) — stage ``soups``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 
-from flows._core import UNIT_DEPLOYMENT, run_experiment
-from tasks.records import soups_record
+from flows._core import Experiment, RunOptions, run_flow
+from orchestration.records import soups_record
+
+SOUPS = Experiment(
+    "soups",
+    targets=["soups"],
+    fan_out_groups=["finetune", "finetune_seed"],
+    build_record=lambda ctx: soups_record(ctx.workspace, ctx.params),
+    keys={
+        "task": "soups.task",
+        "seeds": "soups.seeds",
+        "gammas": "soups.gammas",
+        "seed": "common.seed",
+    },
+)
 
 
 @flow(name="soups", log_prints=True)
@@ -23,39 +36,13 @@ def soups(
     seed: int | None = None,
     params: dict[str, Any] | None = None,
     fan_out: bool = False,
-    unit_deployment: str = UNIT_DEPLOYMENT,
-    unit_timeout_s: float = 6 * 3600,
-    tracking: bool = True,
-    on_tracking_down: Literal["fail", "local"] = "local",
     name: str | None = None,
     workspace: str = ".",
-    lock_timeout_s: float | None = None,
+    run: RunOptions | None = None,
 ) -> dict[str, Any]:
     """``task``: the task whose seeds are souped; ``seeds``: the extra fine-tuning seeds (the
     first ingredient is ``common.seed``); ``gammas``: LiNeS γ grid. None keeps the profile's."""
-    overrides = {
-        "soups.task": task,
-        "soups.seeds": seeds,
-        "soups.gammas": gammas,
-        "common.seed": seed,
-        **(params or {}),
-    }
-    return run_experiment(
-        "soups",
-        workspace=workspace,
-        profile=profile,
-        overrides=overrides,
-        targets=["soups"],
-        fan_out_groups=["finetune", "finetune_seed"],
-        build_record=lambda ctx: soups_record(ctx.workspace, ctx.params),
-        fan_out=fan_out,
-        unit_deployment=unit_deployment,
-        unit_timeout_s=unit_timeout_s,
-        tracking=tracking,
-        on_tracking_down=on_tracking_down,
-        name=name,
-        lock_timeout_s=lock_timeout_s,
-    )
+    return run_flow(SOUPS, locals())
 
 
 if __name__ == "__main__":

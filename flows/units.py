@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from tasks._proc import run_command
+from orchestration.proc import run_command
 
 
 @task(name="run-stage-command")

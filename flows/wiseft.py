@@ -6,12 +6,25 @@ against the other tasks as the distribution shift — stage ``wiseft``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 
-from flows._core import UNIT_DEPLOYMENT, run_experiment
-from tasks.records import wiseft_record
+from flows._core import Experiment, RunOptions, run_flow
+from orchestration.records import wiseft_record
+
+WISEFT = Experiment(
+    "wiseft",
+    targets=["wiseft"],
+    fan_out_groups=["finetune"],
+    build_record=lambda ctx: wiseft_record(ctx.workspace, ctx.params),
+    keys={
+        "wiseft_tasks": "wiseft.wiseft_tasks",
+        "gammas": "wiseft.gammas",
+        "lines_gamma": "wiseft.lines_gamma",
+        "seed": "common.seed",
+    },
+)
 
 
 @flow(name="wise-ft", log_prints=True)
@@ -23,39 +36,13 @@ def wise_ft(
     seed: int | None = None,
     params: dict[str, Any] | None = None,
     fan_out: bool = False,
-    unit_deployment: str = UNIT_DEPLOYMENT,
-    unit_timeout_s: float = 6 * 3600,
-    tracking: bool = True,
-    on_tracking_down: Literal["fail", "local"] = "local",
     name: str | None = None,
     workspace: str = ".",
-    lock_timeout_s: float | None = None,
+    run: RunOptions | None = None,
 ) -> dict[str, Any]:
     """``gammas``: WiSE-FT γ grid; ``lines_gamma``: the LiNeS γ of the edited variant. None keeps
     the profile's value."""
-    overrides = {
-        "wiseft.wiseft_tasks": wiseft_tasks,
-        "wiseft.gammas": gammas,
-        "wiseft.lines_gamma": lines_gamma,
-        "common.seed": seed,
-        **(params or {}),
-    }
-    return run_experiment(
-        "wiseft",
-        workspace=workspace,
-        profile=profile,
-        overrides=overrides,
-        targets=["wiseft"],
-        fan_out_groups=["finetune"],
-        build_record=lambda ctx: wiseft_record(ctx.workspace, ctx.params),
-        fan_out=fan_out,
-        unit_deployment=unit_deployment,
-        unit_timeout_s=unit_timeout_s,
-        tracking=tracking,
-        on_tracking_down=on_tracking_down,
-        name=name,
-        lock_timeout_s=lock_timeout_s,
-    )
+    return run_flow(WISEFT, locals())
 
 
 if __name__ == "__main__":

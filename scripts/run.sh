@@ -8,6 +8,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=true
 [ -d .git ] || git init -q
 dvc config core.analytics false
+python -m flows.profile --check  # params.yaml validated up front: one line naming a wrong key
 start=$(date +%s)
 dvc repro "$@"
 echo

@@ -1,2 +1,3 @@
-"""Thin Prefect tasks over the DVC stages and the tracking of their results. They pass paths,
-stage names and small records, never tensors; ``lines/`` never imports this package."""
+"""Prefect tasks only: thin tasks over DVC (``dvc``). They pass paths, stage names and small
+records, never tensors. The rest of the orchestration support is in ``orchestration/``;
+``lines/`` never imports either."""

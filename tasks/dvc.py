@@ -10,7 +10,6 @@ entries survive the failed attempt). A stage that fails by itself is not retried
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks._proc import dvc_argv, logger, run_command, tool_env
+from orchestration.proc import dvc_argv, logger, run_command, tool_env
 
 LOG_DIR = ".dvc/tmp/lines-logs"
 
@@ -153,11 +152,32 @@ def dvc_commit(workspace: Path, stages: list[str]) -> list[str]:
     return stages
 
 
+def untracked_manifests(workspace: Path, pipeline_dir: str) -> list[str]:
+    """The ``dvc.lock`` and ``.gitignore`` files git does not track under ``pipeline_dir``: DVC
+    includes an untracked ``dvc.lock`` only at the project root, so a pipeline in a subfolder
+    (``clip/``) names its own; every output of such a pipeline is in the DVC cache."""
+    untracked = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard", pipeline_dir],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return [p for p in untracked if p.endswith(("dvc.lock", ".gitignore"))]
+
+
 @task(name="dvc-exp-save", retries=3, retry_delay_seconds=2, retry_condition_fn=transient)
-def dvc_exp_save(workspace: Path, name: str, targets: list[str]) -> dict[str, str]:
+def dvc_exp_save(
+    workspace: Path, name: str, targets: list[str], pipeline_dir: str = "."
+) -> dict[str, str]:
     """``dvc exp save -n NAME``: the workspace (params, dvc.lock, the uncached outputs such as
-    metrics.json) becomes an experiment that ``dvc exp show`` lists. Returns name, ref, commit."""
-    include = [a for p in uncached_outputs(workspace) for a in ("--include-untracked", p)]
+    metrics.json) becomes an experiment that ``dvc exp show`` lists. Returns name, ref, commit.
+    ``pipeline_dir``: the folder of the pipeline's ``dvc.yaml`` inside the project."""
+    root = pipeline_dir in ("", ".")
+    untracked = (
+        uncached_outputs(workspace) if root else untracked_manifests(workspace, pipeline_dir)
+    )
+    include = [a for p in untracked for a in ("--include-untracked", p)]
     # TARGETS: only the stages this flow reproduced are (re)committed; the others may have no
     # outputs in this workspace (a flow that runs `edit` never builds the soups' seeds).
     dvc(workspace, "exp", "save", "--force", "--name", name, *include, *targets, log="exp")
@@ -187,18 +207,3 @@ def dvc_plots_show(workspace: Path, out_dir: Path) -> Path | None:
         return None
     page = Path(workspace) / out_dir / "index.html"  # an absolute out_dir wins the join
     return page if page.is_file() else None
-
-
-def git_revision(workspace: Path) -> dict[str, str]:
-    """Tags: the HEAD commit, whether tracked files have uncommitted changes, md5 of dvc.lock."""
-
-    def git(*a: str) -> str:
-        r = subprocess.run(["git", *a], cwd=workspace, capture_output=True, text=True, check=False)
-        return r.stdout.strip() if r.returncode == 0 else ""
-
-    lock = Path(workspace) / "dvc.lock"
-    return {
-        "git.commit": git("rev-parse", "HEAD") or "none",
-        "git.dirty": "true" if git("status", "--porcelain", "--untracked-files=no") else "false",
-        "dvc.lock_md5": hashlib.md5(lock.read_bytes()).hexdigest() if lock.is_file() else "none",
-    }

@@ -2,7 +2,7 @@
 
 ``make_fake_project(dst)`` copies the real ``dvc.yaml`` (only the two command prefixes change:
 ``python -m lines.pipeline.fetch`` / ``python -m lines.pipeline.stages`` become
-``python fake_stage.py …``), ``params.yaml``, ``profiles/``, ``flows/``, ``tasks/``,
+``python fake_stage.py …``), ``params.yaml``, ``profiles/``, ``flows/``, ``tasks/``, ``orchestration/``,
 ``prefect.yaml``, ``prefect.toml`` and ``lines/`` (the stages' deps), then makes it a git + DVC
 repository. The fake stages accept the real command lines (same options, parsed by the real
 stage parser's module loaded without importing torch) and write outputs in the real formats with
@@ -34,6 +34,7 @@ def acc(*key):
 
 def wjson(path, obj):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    obj = {"schema_version": 1, **obj}  # the version of lines/protocol/schemas.py
     Path(path).write_text(json.dumps(obj, indent=2))
 
 
@@ -196,7 +197,7 @@ def report(a):
     stub("lines.errors", LinesError=type("LinesError", (Exception,), {}))
     stub("lines.protocol")
     stub("lines.io", write_json_atomic=lambda path, obj: wjson(path, obj))
-    for name in ("scores", "results", "report"):
+    for name in ("scores", "results", "schemas", "report"):
         load(f"lines.protocol.{name}", f"lines/protocol/{name}.py")
     m = load("_report", "lines/pipeline/report.py")
     m.run_report(a.base_eval, a.heads / "heads.json", a.edit, a.merge, a.soups, a.wiseft, a.out,
@@ -245,7 +246,7 @@ def make_fake_project(dst: Path, *, src: Path = ROOT) -> Path:
     """A git + DVC repository at ``dst`` running the fake stages; returns ``dst``."""
     dst.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for d in ("flows", "tasks", "profiles", "lines"):
+    for d in ("flows", "tasks", "orchestration", "profiles", "lines"):
         shutil.copytree(src / d, dst / d, ignore=ignore, dirs_exist_ok=True)
     for f in ("prefect.yaml", "prefect.toml", "scripts/stack.sh", "scripts/dvc_plots_template.py"):
         if (src / f).exists():

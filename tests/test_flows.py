@@ -386,7 +386,7 @@ def test_two_workers_share_one_process_pool(
 
 def test_profile_and_overrides_keep_comments(tmp_path: Path) -> None:
     from flows.profile import main as profile_main
-    from tasks.workspace import read_params
+    from orchestration.workspace import read_params
 
     (tmp_path / "profiles").mkdir()
     src = (ROOT / "profiles/smoke.yaml").read_text()
@@ -417,7 +417,7 @@ def test_profile_and_overrides_keep_comments(tmp_path: Path) -> None:
 def test_workspace_lock_excludes_a_second_holder(tmp_path: Path) -> None:
     import threading
 
-    from tasks.workspace import WorkspaceBusy, workspace_lock
+    from orchestration.workspace import WorkspaceBusy, workspace_lock
 
     with workspace_lock(tmp_path, owner="first"):
         holder = (tmp_path / ".dvc/tmp/lines-workspace.lock").read_text()

@@ -30,7 +30,9 @@ def _dvc(ws: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
         [sys.executable, "-m", "dvc", *args], cwd=ws, env=env, capture_output=True, text=True
     )
     if check and res.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+        raise AssertionError(
+            f"dvc {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        )
     return res
 
 
@@ -83,5 +85,57 @@ def test_param_change_reruns_only_downstream(workspace: Path) -> None:
     params["merge"]["betas"] = [0.3, 0.7]
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     res = _dvc(workspace, "repro")
-    ran = {line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage")}
+    ran = {
+        line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage")
+    }
     assert ran == {"merge", "report"}, res.stdout
+
+
+TINY_METHOD = '''"""A merge method dropped in by tests/test_pipeline_smoke.py: scale × mean of the task vectors."""
+import dataclasses
+from typing import ClassVar
+
+from lines.merging.base import MergeMethod, stacked
+
+
+@dataclasses.dataclass
+class Tiny(MergeMethod):
+    name: ClassVar[str] = "tiny"
+    summary: ClassVar[str] = "scale × mean of the task vectors"
+    reference: ClassVar[str] = "tests/test_pipeline_smoke.py"
+    elementwise: ClassVar[bool] = True
+
+    scale: float = dataclasses.field(default=1.0, metadata={"help": "multiplies the mean"})
+
+    def merge_tensor(self, key, taus):
+        return self.scale * stacked(taus).mean(0)
+
+
+METHOD = Tiny
+'''
+
+
+def test_a_new_method_is_one_file(workspace: Path) -> None:
+    """One file in lines/merging/methods/ and its keys in params.yaml: the merge stage takes its
+    parameter and its own β grid, merges with and without LiNeS, and the report shows it."""
+    (workspace / "lines/merging/methods/tiny.py").write_text(TINY_METHOD)
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["merge"]["methods"].append("tiny")
+    params["merge"]["tiny_scale"] = 0.5  # <method>_<field>: the method's parameter
+    params["merge"]["tiny_betas"] = [0.2, 0.6]  # <method>_betas: its own β grid
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    res = _dvc(workspace, "repro")
+    assert "Running stage 'merge'" in res.stdout, res.stdout
+    merge = json.loads((workspace / "out/merge/merge.json").read_text())
+    r = merge["methods"]["tiny"]
+    assert r["params"] == {"scale": 0.5}
+    assert r["grids"] == {"lambda": params["merge"]["lambdas"], "beta": [0.2, 0.6]}
+    assert (
+        r["lines"]["beta"] in (0.2, 0.6) and r["baseline"]["lambda"] in params["merge"]["lambdas"]
+    )
+    # τ_MTL = 0.5 · (1/4) Σ τ_i, so the rule α = (1/N)·‖τ_sum‖₁/‖τ_MTL‖₁ = (1/4) · 8 = 2.
+    assert r["lines"]["alpha"] == pytest.approx(2.0, rel=1e-6)
+    assert set(merge["methods"]) == {"task_arithmetic", "ties", "consensus", "tiny"}
+    metrics = json.loads((workspace / "out/report/metrics.json").read_text())
+    assert metrics["merge"]["tiny"]["lines_beta"] == r["lines"]["beta"]
+    assert "| tiny |" in (workspace / "out/report/report.md").read_text()

@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from tasks import tracking  # noqa: E402
-from tasks.tracking import (  # noqa: E402
+from orchestration import tracking  # noqa: E402
+from orchestration.tracking import (  # noqa: E402
     MlflowTracker,
     NullTracker,
     Point,

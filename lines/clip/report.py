@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lines.protocol import schemas
 from lines.protocol.report import (
     edit_table_md,
     merge_metrics,
@@ -20,7 +21,8 @@ from lines.protocol.report import (
     wiseft_metrics,
     write_merge_table,
 )
-from lines.protocol.results import read_csv, read_json, write_json
+from lines.protocol.results import read_csv, read_json
+from lines.protocol.schemas import read_output, write_output
 from lines.protocol.scores import mean
 
 
@@ -115,11 +117,11 @@ def run_report(
     out.mkdir(parents=True, exist_ok=True)
     prep = read_json(Path(ckpt) / "prepare.json")
     hs = read_json(Path(heads) / "heads.json")
-    base = read_json(base_eval)
-    mg = read_json(Path(merge) / "merge.json")
-    ed = read_json(Path(edit) / "edit.json")
-    ws = read_json(Path(wiseft) / "wiseft.json")
-    sp = read_json(Path(soups) / "soups.json")
+    base = read_output(base_eval, schemas.BaseEval)
+    mg = read_output(Path(merge) / "merge.json", schemas.MergeResult)
+    ed = read_output(Path(edit) / "edit.json", schemas.EditResult)
+    ws = read_output(Path(wiseft) / "wiseft.json", schemas.WiseftResult)
+    sp = read_output(Path(soups) / "soups.json", schemas.SoupsResult)
     ws = None if ws.get("skipped") else ws
     sp = None if sp.get("skipped") else sp
     tasks = mg["tasks"]
@@ -137,7 +139,7 @@ def run_report(
         metrics["wiseft"] = wiseft_metrics(ws)
     if sp:
         metrics["soups"] = soups_metrics(sp)
-    write_json(out / "metrics.json", metrics)
+    metrics = write_output(out / "metrics.json", schemas.ReportMetrics, metrics)
 
     note = f"{model or 'CLIP'} image tower, zero-shot heads"
     parts = [

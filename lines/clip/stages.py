@@ -59,7 +59,8 @@ from lines.errors import LinesError
 from lines.merging.options import add_method_options
 from lines.protocol import merge as pm
 from lines.protocol import single as ps
-from lines.protocol.results import read_json, write_csv, write_json
+from lines.protocol.results import write_csv, write_json
+from lines.protocol.schemas import BaseEval, SoupsResult, WiseftResult, read_output, write_output
 from lines.protocol.suite import SPLITS
 
 __all__ = ["build_parser", "main", "parse_finetuned", "run", "run_prepare"]
@@ -146,8 +147,7 @@ def run_finetuned_eval(
             "pretrained": b.ck.index["pretrained"]["sha256"],
             **{t: b.ck.sha256(b.ck.key_of(t)) for t in tasks},
         }
-    write_json(Path(out), res)
-    return res
+    return write_output(Path(out), BaseEval, res)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,7 +162,9 @@ def run_merge(
     with Bench(a, ckpt, heads) as b:
         fts = [b.ck.for_task(t) for t in tasks]
         header = {"model": a.model, "suite": str(a.suite)}
-        return pm.run_merge(b.wb, read_json(base_eval), tasks, fts, vars(a), out, header=header)
+        return pm.run_merge(
+            b.wb, read_output(base_eval, BaseEval), tasks, fts, vars(a), out, header=header
+        )
 
 
 def run_edit(
@@ -177,7 +179,9 @@ def run_edit(
             raise LinesError(f"edit task {t} is not in the suite")
     with Bench(a, ckpt, heads) as b:
         fts = {t: b.ck.for_task(t) for t in edit_tasks}
-        return ps.run_edit(b.wb, read_json(base_eval), tasks, edit_tasks, fts, a.gammas, out)
+        return ps.run_edit(
+            b.wb, read_output(base_eval, BaseEval), tasks, edit_tasks, fts, a.gammas, out
+        )
 
 
 def run_wiseft(a: argparse.Namespace, ckpt: Path, heads: Path, out: Path) -> dict[str, Any]:
@@ -188,7 +192,7 @@ def run_wiseft(a: argparse.Namespace, ckpt: Path, heads: Path, out: Path) -> dic
     out = Path(out)
     if not a.wiseft_model:
         res = {"skipped": "wiseft.wiseft_model is empty", "tasks": [], "gammas": [], "rows": []}
-        write_json(out / "wiseft.json", res)
+        res = write_output(out / "wiseft.json", WiseftResult, res)
         write_csv(out / "wiseft_sweep.csv", [])
         return res
     task = get_task(a.wiseft_task).name
@@ -209,7 +213,7 @@ def run_soups(a: argparse.Namespace, ckpt: Path, heads: Path, out: Path) -> dict
     out = Path(out)
     if not a.soup_members:
         res = {"skipped": "soups.soup_members is empty", "soups": {}}
-        write_json(out / "soups.json", res)
+        res = write_output(out / "soups.json", SoupsResult, res)
         return res
     if len(a.soup_members) < 2:
         raise LinesError("soups.soup_members: a soup needs at least two models")

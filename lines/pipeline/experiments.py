@@ -20,7 +20,7 @@ from lines.io import load_state_dict
 from lines.pipeline.evaluation import Evaluator
 from lines.protocol import merge as pm
 from lines.protocol import single as ps
-from lines.protocol.results import read_json, write_json
+from lines.protocol.schemas import BaseEval, read_output, write_output
 from lines.protocol.suite import SPLITS, Workbench
 
 
@@ -51,8 +51,7 @@ def run_base_eval(
     res["examples"] = {
         split: {t: evaluator.num_examples(t, split) for t in tasks} for split in SPLITS
     }
-    write_json(out, res)
-    return res
+    return write_output(out, BaseEval, res)
 
 
 def run_edit(
@@ -149,4 +148,4 @@ def run_wiseft(
 
 
 def load_base_eval(path: Path) -> dict[str, Any]:
-    return read_json(path)
+    return read_output(path, BaseEval)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lines.protocol import schemas
 from lines.protocol.report import (
     edit_table_md,
     merge_metrics,
@@ -19,7 +20,8 @@ from lines.protocol.report import (
     verdict_line,
     write_merge_table,
 )
-from lines.protocol.results import read_csv, read_json, write_json
+from lines.protocol.results import read_csv, read_json
+from lines.protocol.schemas import read_output, write_output
 from lines.protocol.scores import mean
 
 # How the report describes a suite's backbone; a suite without an entry gets the plain name.
@@ -43,12 +45,14 @@ def run_report(
 ) -> dict[str, Any]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = read_json(base_eval)
+    base = read_output(base_eval, schemas.BaseEval)
     hs = read_json(heads)
-    edit = read_json(Path(edit_dir) / "edit.json")
-    merge = read_json(Path(merge_dir) / "merge.json")
-    soups = read_json(Path(soups_dir) / "soups.json") if soups_dir else None
-    wiseft = read_json(Path(wiseft_dir) / "wiseft.json") if wiseft_dir else None
+    edit = read_output(Path(edit_dir) / "edit.json", schemas.EditResult)
+    merge = read_output(Path(merge_dir) / "merge.json", schemas.MergeResult)
+    soups = read_output(Path(soups_dir) / "soups.json", schemas.SoupsResult) if soups_dir else None
+    wiseft = (
+        read_output(Path(wiseft_dir) / "wiseft.json", schemas.WiseftResult) if wiseft_dir else None
+    )
     tasks = merge["tasks"]
     note = SUITE_NOTES.get(suite, "backbone {backbone}").format(backbone=backbone)
 
@@ -71,7 +75,7 @@ def run_report(
     }
     if soups:
         metrics["soups"] = soups_metrics(soups)
-    write_json(out_dir / "metrics.json", metrics)
+    metrics = write_output(out_dir / "metrics.json", schemas.ReportMetrics, metrics)
 
     parts = [f"# Results: {suite} suite ({note})", ""]
     parts += [

@@ -124,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lines_gamma", type=float, default=0.5)
     p.add_argument("--block_policy", default="reference")
 
+    p = sub.add_parser(
+        "evaluate", help="accuracy of one backbone checkpoint with the frozen heads (any file)"
+    )
+    _common(p)
+    _data(p)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--tasks", nargs="+", required=True)
+    p.add_argument("--splits", nargs="+", default=["test"], choices=["val", "test"])
+    p.add_argument("--out", type=Path, required=True, help="JSON: {split: {task: accuracy}}")
+
     p = sub.add_parser("report", help="metrics, tables and plots")
     p.add_argument("--base_eval", type=Path, default=Path("out/eval/base.json"))
     p.add_argument("--heads", type=Path, default=Path("out/heads"))
@@ -208,7 +218,9 @@ def run(a: argparse.Namespace) -> None:
             block_policy=a.block_policy,
         )
     elif a.stage == "merge":
-        cfg = {k: v for k, v in vars(a).items()}
+        from lines.pipeline.config import merge_section
+
+        cfg = merge_section(vars(a))
         ex.run_merge(
             _evaluator(a),
             a.heads / "backbone.safetensors",
@@ -246,6 +258,17 @@ def run(a: argparse.Namespace) -> None:
             a.out,
             family=a.family,
             block_policy=a.block_policy,
+        )
+    elif a.stage == "evaluate":
+        from lines.io import load_state_dict
+        from lines.protocol.results import write_json
+
+        ev, sd = _evaluator(a), load_state_dict(a.checkpoint)
+        res = {s: ev.evaluate(sd, s) for s in a.splits}
+        write_json(a.out, res)
+        print(
+            f"{a.checkpoint}: "
+            + ", ".join(f"{s} {t} {v:.3f}" for s, r in res.items() for t, v in r.items())
         )
     elif a.stage == "report":
         from lines.pipeline.report import run_report

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from lines.merging import make_method
 from lines.merging.params import method_params
-from lines.protocol.results import write_csv, write_json
+from lines.protocol.results import write_csv
+from lines.protocol.schemas import MergeResult, write_output
 from lines.protocol.scores import mean, normalise, select
 from lines.protocol.suite import Workbench
 from lines.scaling import auto_alpha, lines_lambdas
@@ -143,7 +144,7 @@ def run_merge(
     res["examples"] = bench.examples(tasks)
     res["device"] = str(bench.device)
     out_dir = Path(out_dir)
-    write_json(out_dir / "merge.json", res)
+    res = write_output(out_dir / "merge.json", MergeResult, res)
     write_csv(out_dir / "merge_sweep.csv", rows)
     # One file per series, so `dvc plots show` draws each method and variant as its own line.
     for name in cfg["methods"]:

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from lines.merging.greedy import greedy_soup
 from lines.merging.methods.uniform_soup import UniformSoup
 from lines.merging.methods.wise_ft import WiseFT
-from lines.protocol.results import write_csv, write_json
+from lines.protocol.results import write_csv
+from lines.protocol.schemas import EditResult, SoupsResult, WiseftResult, write_output
 from lines.protocol.scores import edit_score, mean, select, target_control
 from lines.protocol.suite import SPLITS, Workbench
 from lines.scaling import single_task_lambdas
@@ -88,7 +89,7 @@ def run_edit(
         k: mean(summary["tasks"][t]["best"][k] for t in edit_tasks) for k in SUMMARY_KEYS
     }
     summary["block_policy"] = bench.block_policy
-    write_json(Path(out_dir) / "edit.json", summary)
+    summary = write_output(Path(out_dir) / "edit.json", EditResult, summary)
     write_csv(Path(out_dir) / "edit_sweep.csv", rows)
     return summary
 
@@ -175,7 +176,7 @@ def run_soups(
         res["soups"][kind] = entry
         del tau
     res["greedy_history"] = g_man["greedy_soup"]["history"]
-    write_json(Path(out_dir) / "soups.json", res)
+    res = write_output(Path(out_dir) / "soups.json", SoupsResult, res)
     return res
 
 
@@ -239,6 +240,6 @@ def run_wiseft(
         "examples": examples,
         "rows": rows,
     }
-    write_json(Path(out_dir) / "wiseft.json", res)
+    res = write_output(Path(out_dir) / "wiseft.json", WiseftResult, res)
     write_csv(Path(out_dir) / "wiseft_sweep.csv", rows)
     return res

@@ -1,5 +1,5 @@
-"""The DVC workspace a flow run works in: the exclusive lock, and applying a profile plus overrides
-to ``params.yaml``.
+"""The DVC workspace a flow run works in: the exclusive lock, applying a profile plus overrides
+to ``params.yaml``, and the git revision it runs at.
 
 Concurrency design: one workspace (a checkout with its ``params.yaml``, ``dvc.lock`` and ``out/``)
 holds one experiment at a time, so a flow run takes an exclusive ``flock`` on
@@ -14,17 +14,19 @@ hence their own lock.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import json
 import os
 import socket
+import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tasks._proc import logger
+from orchestration.proc import logger
 
 LOCK_FILE = ".dvc/tmp/lines-workspace.lock"
 
@@ -132,16 +134,23 @@ def profile_path(workspace: Path, profile: str) -> Path:
 
 
 def apply_params(
-    workspace: Path, profile: str | None, overrides: Mapping[str, Any] | None = None
+    workspace: Path,
+    profile: str | None,
+    overrides: Mapping[str, Any] | None = None,
+    validate: Callable[[Mapping[str, Any], str], object] | None = None,
 ) -> dict[str, Any]:
     """Write ``params.yaml`` = ``profiles/<profile>.yaml`` (or the current ``params.yaml`` when
     ``profile`` is None) with ``overrides`` (dotted keys) applied, comments kept. Returns the
-    resulting parameters as plain data. With no overrides the profile is copied byte for byte."""
+    resulting parameters as plain data. With no overrides the profile is copied byte for byte.
+    ``validate(params, source)`` checks the result before anything is written (it raises)."""
     workspace = Path(workspace)
     target = workspace / "params.yaml"
     src = profile_path(workspace, profile) if profile else target
+    source = str(src.relative_to(workspace)) + (" + the flow's parameters" if overrides else "")
     text = src.read_text()
     if not overrides:
+        if validate is not None:
+            validate(_plain(_yaml().load(text)), source)
         if src != target:
             target.write_text(text)
         return _plain(_yaml().load(text))
@@ -149,6 +158,8 @@ def apply_params(
     doc = y.load(text)
     for k, v in overrides.items():
         set_key(doc, k, v)
+    if validate is not None:
+        validate(_plain(doc), source)
     buf = io.StringIO()
     y.dump(doc, buf)
     tmp = target.with_suffix(".yaml.tmp")
@@ -159,3 +170,18 @@ def apply_params(
 
 def read_params(workspace: Path) -> dict[str, Any]:
     return _plain(_yaml().load((Path(workspace) / "params.yaml").read_text()))
+
+
+def git_revision(workspace: Path) -> dict[str, str]:
+    """Tags: the HEAD commit, whether tracked files have uncommitted changes, md5 of dvc.lock."""
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=workspace, capture_output=True, text=True, check=False)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    lock = Path(workspace) / "dvc.lock"
+    return {
+        "git.commit": git("rev-parse", "HEAD") or "none",
+        "git.dirty": "true" if git("status", "--porcelain", "--untracked-files=no") else "false",
+        "dvc.lock_md5": hashlib.md5(lock.read_bytes()).hexdigest() if lock.is_file() else "none",
+    }

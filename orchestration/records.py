@@ -2,6 +2,7 @@
 
 Every number comes from the stage outputs (``out/merge/merge.json``, the sweep CSVs,
 ``out/report/metrics.json``, …), so the MLflow run and the DVC metrics files hold the same values.
+The JSON outputs are read through their schemas (``lines.protocol.schemas``: versioned, checked).
 Naming, for a merging run::
 
     params   <method>.lambda / <method>.alpha / <method>.beta     chosen on val (floats, exact)
@@ -24,7 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.tracking import Point, RunRecord, flatten
+from lines.protocol import schemas
+from lines.protocol.schemas import read_output
+from orchestration.tracking import Point, RunRecord, flatten
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -89,13 +92,13 @@ def _common(ws: Path, params: Mapping[str, Any]) -> RunRecord:
 
 def _ft_ref(ws: Path, split: str) -> dict[str, float]:
     """Each fine-tuned model's accuracy on its own task (the normaliser), from base_eval."""
-    base = read_json(ws / "out/eval/base.json")
+    base = read_output(ws / "out/eval/base.json", schemas.BaseEval)
     return {t: r[split][t] for t, r in base["finetuned"].items()}
 
 
 def merging_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
     ws = Path(ws)
-    merge = read_json(ws / "out/merge/merge.json")
+    merge = read_output(ws / "out/merge/merge.json", schemas.MergeResult)
     rec = _common(ws, params)
     tasks = merge["tasks"]
     rec.params.update(
@@ -131,7 +134,10 @@ def merging_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
     report = ws / "out/report/metrics.json"
     if report.is_file():
         rec.metrics.update(
-            {f"report.{k}": v for k, v in numeric(flatten(read_json(report))).items()}
+            {
+                f"report.{k}": v
+                for k, v in numeric(flatten(read_output(report, schemas.ReportMetrics))).items()
+            }
         )
         rec.artifacts.append((ws / "out/report", "report"))
     ft_val = _ft_ref(ws, "val")
@@ -162,7 +168,7 @@ def merging_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
 
 def editing_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
     ws = Path(ws)
-    edit = read_json(ws / "out/edit/edit.json")
+    edit = read_output(ws / "out/edit/edit.json", schemas.EditResult)
     rec = _common(ws, params)
     rec.params["block_policy"] = params["edit"].get("block_policy")
     rec.params["gammas"] = edit["gammas"]
@@ -200,7 +206,7 @@ def editing_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
 
 def soups_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
     ws = Path(ws)
-    soups = read_json(ws / "out/soups/soups.json")
+    soups = read_output(ws / "out/soups/soups.json", schemas.SoupsResult)
     rec = _common(ws, params)
     rec.params.update(
         {
@@ -241,7 +247,7 @@ def soups_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
 
 def wiseft_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
     ws = Path(ws)
-    w = read_json(ws / "out/wiseft/wiseft.json")
+    w = read_output(ws / "out/wiseft/wiseft.json", schemas.WiseftResult)
     rec = _common(ws, params)
     rec.params.update(
         {"wiseft_tasks": w["tasks"], "gammas": w["gammas"], "lines_gamma": w["lines_gamma"]}

@@ -1,8 +1,8 @@
 """The CLIP benchmark (the ``clip/`` DVC pipeline) for the orchestration: its parameter overrides
-and the MLflow record built from its outputs (pure functions over files, like ``tasks.records``).
+and the MLflow record built from its outputs (pure functions over files, like ``orchestration.records``).
 
 The clip pipeline writes its outputs in the text pipeline's shapes (``out/merge/merge.json``,
-``out/edit/edit.json``, …, relative to ``clip/``), so the record reuses ``tasks.records``: the
+``out/edit/edit.json``, …, relative to ``clip/``), so the record reuses ``orchestration.records``: the
 merging part keeps the text pipeline's names (``<method>.<baseline|lines>.test_acc.<task>``,
 ``<method>.alpha``/``.beta``/``.lambda``, nested runs ``<method>/<variant> β=<coef>``), and the
 editing, WiSE-FT and soups parts are the same records under the prefixes ``edit/``, ``wiseft/``
@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-
-from tasks.dvc import dvc, transient
-from tasks.records import editing_record, merging_record, read_json, soups_record, wiseft_record
-from tasks.tracking import Point, RunRecord
+from lines.protocol.schemas import MergeResult, SoupsResult, WiseftResult, read_output
+from orchestration.records import (
+    editing_record,
+    merging_record,
+    read_json,
+    soups_record,
+    wiseft_record,
+)
+from orchestration.tracking import Point, RunRecord
 
 CLIP_DIR = "clip"  # the pipeline's folder inside the project (its dvc.yaml and params.yaml)
 STAGES = ("prepare", "heads", "finetuned_eval", "merge", "edit", "wiseft", "soups", "report")
@@ -45,37 +48,6 @@ def dvc_targets(stages: list[str] | None) -> list[str]:
     if bad:
         raise ValueError(f"unknown clip stage(s) {bad} (known: {', '.join(STAGES)})")
     return [f"{CLIP_DIR}/dvc.yaml:{s}" for s in stages]
-
-
-@task(name="dvc-exp-save-clip", retries=3, retry_delay_seconds=2, retry_condition_fn=transient)
-def clip_exp_save(workspace: Path, name: str, targets: list[str]) -> dict[str, str]:
-    """``dvc exp save -n NAME TARGETS`` for the clip/ pipeline. DVC includes an untracked
-    ``dvc.lock`` only at the project root, so ``clip/dvc.lock`` (and the ``.gitignore`` files
-    DVC wrote for the outputs) are included explicitly; every clip output is in the DVC cache,
-    none needs to go into git. Returns name, ref and commit of the experiment."""
-    ws = Path(workspace)
-    untracked = subprocess.run(
-        ["git", "ls-files", "--others", "--exclude-standard", CLIP_DIR],
-        cwd=ws,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    include = [p for p in untracked if p.endswith(("dvc.lock", ".gitignore"))]
-    args = [a for p in include for a in ("--include-untracked", p)]
-    dvc(ws, "exp", "save", "--force", "--name", name, *args, *targets, log="exp")
-    refs = subprocess.run(
-        ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
-        cwd=ws,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    for line in refs:
-        if line.endswith("/" + name):
-            rev, ref = line.split(" ", 1)
-            return {"name": name, "ref": ref, "rev": rev}
-    raise RuntimeError(f"dvc exp save reported success but no ref ends with '{name}'")
 
 
 def _prefixed(sub: RunRecord, prefix: str, into: RunRecord, extra: Mapping[str, Any]) -> None:
@@ -104,7 +76,7 @@ def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
 
     if (d / "out/merge/merge.json").is_file():
         rec = merging_record(d, params)
-        merge = read_json(d / "out/merge/merge.json")
+        merge = read_output(d / "out/merge/merge.json", MergeResult)
         tasks = merge["tasks"]
         first = next(iter(merge["methods"].values()), None)
         for p in rec.points:
@@ -149,8 +121,9 @@ def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
     if (d / "out/edit/edit.json").is_file():
         _prefixed(editing_record(d, with_policy), "edit", rec, {"sha256.finetuned": task_sha})
     w = d / "out/wiseft/wiseft.json"
-    if w.is_file() and not read_json(w).get("skipped"):
-        model = read_json(w)["model"]
+    wiseft = read_output(w, WiseftResult) if w.is_file() else {"skipped": "not run"}
+    if not wiseft.get("skipped"):
+        model = wiseft["model"]
         _prefixed(
             wiseft_record(d, with_policy),
             "wiseft",
@@ -158,13 +131,12 @@ def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
             {"model": lambda p: model, "sha256.finetuned": lambda p: sha.get(model)},
         )
     s = d / "out/soups/soups.json"
-    if s.is_file() and not read_json(s).get("skipped"):
+    if s.is_file() and not read_output(s, SoupsResult).get("skipped"):
         _prefixed(soups_record(d, with_policy), "soups", rec, {})
     rec.artifacts.append((d / "ckpt/prepare.json", "manifests"))
     rec.artifacts += [
         (p, "manifests/finetuned") for p in sorted((d / "ckpt/finetuned").glob("*.json"))
     ]
-    rec.artifacts += [(d / "params.yaml", "manifests"), (d / "dvc.lock", "manifests")]
     # the report's own files (merging_record logs the folder when metrics.json is there)
     return rec
 

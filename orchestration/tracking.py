@@ -11,7 +11,7 @@ run), and never drops numbers silently:
 - when the server goes away in the middle of a run, the whole record is written again to the
   local store (records are plain data, built from the DVC outputs before anything is logged).
 
-The numbers logged are the ones in the DVC metrics/output files (see ``tasks.records``).
+The numbers logged are the ones in the DVC metrics/output files (see ``orchestration.records``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from tasks._proc import logger
+from orchestration.proc import logger
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one link, ours, per run

@@ -1,0 +1,218 @@
+"""The embedded pipeline's parameters (``params.yaml`` and ``profiles/*.yaml``) as typed models,
+one per concern (``common``, ``data``, ``heads``, ``finetune``, ``edit``, ``merge``, ``soups``,
+``wiseft``), validated up front with one-line errors that name the key::
+
+    params.yaml: merge.betas[2]: must be ≥ 0
+
+This module never reads a file: the orchestration (``orchestration.workspace``) and the stage
+entry points hand it data. The ``merge`` section's method keys come from the methods'
+declarations (``lines.merging.params``), so a new method file adds its keys here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from lines.errors import LinesError
+
+BlockPolicy = Literal["reference", "depth"]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Common(_Section):
+    suite: str = "text"
+    backbone: str = "minilm"
+    tasks: list[str] = Field(min_length=1)
+    seed: int = 0
+    max_len: PositiveInt = 64
+    image_size: PositiveInt = 64
+    device: str = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("cpu", "cuda", "auto") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError("must be cpu, cuda, cuda:N or auto")
+        return v
+
+
+class Data(_Section):
+    max_train: PositiveInt = 1000
+    max_val: PositiveInt = 200
+    max_test: PositiveInt = 500
+
+
+class Heads(_Section):
+    C: Annotated[float, Field(gt=0.0)] = 1.0
+    max_probe: PositiveInt = 1000
+
+
+class Finetune(_Section):
+    epochs: PositiveInt = 2
+    lr: Annotated[float, Field(gt=0.0)] = 5e-5
+    batch_size: PositiveInt = 32
+    weight_decay: NonNegativeFloat = 0.01
+    warmup_frac: Fraction = 0.1
+
+
+class Edit(_Section):
+    gammas: list[NonNegativeFloat] = Field(min_length=1)
+    block_policy: BlockPolicy = "reference"
+
+
+class Merge(BaseModel):
+    """The grids and rules of the merge stage, plus the methods' own keys (``<method>_lambdas``,
+    ``<method>_betas`` and each parameter's pipeline key): any other key is refused."""
+
+    model_config = ConfigDict(extra="allow")
+
+    methods: list[str] = Field(min_length=1)
+    lambdas: list[NonNegativeFloat] = Field(min_length=1)
+    betas: list[NonNegativeFloat] = Field(min_length=1)
+    block_policy: BlockPolicy = "reference"
+    alpha_norm: Literal["l1", "l2"] = "l1"
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from lines.merging import all_methods
+
+        known = all_methods()
+        for i, m in enumerate(v):
+            if m not in known:
+                raise ValueError(f"[{i}]: unknown method '{m}' (known: {', '.join(known)})")
+        return v
+
+    @model_validator(mode="after")
+    def _method_keys(self) -> Merge:
+        from lines.merging import all_methods
+        from lines.merging.params import pipeline_options
+
+        grids = {f"{m}_{g}" for m in all_methods() for g in ("lambdas", "betas")}
+        options = pipeline_options()
+        for key, value in (self.model_extra or {}).items():
+            if key in grids:
+                if not isinstance(value, list) or not value:
+                    raise ValueError(f"{key}: must be a non-empty list")
+                for i, x in enumerate(value):
+                    if not isinstance(x, int | float) or isinstance(x, bool) or x < 0:
+                        raise ValueError(f"{key}[{i}]: must be ≥ 0")
+            elif key not in options:
+                raise ValueError(f"{key}: not a key of any merge method")
+        return self
+
+
+class Soups(_Section):
+    task: str
+    seeds: list[int] = Field(min_length=1)
+    gammas: list[NonNegativeFloat] = Field(min_length=1)
+    block_policy: BlockPolicy = "reference"
+
+
+class Wiseft(_Section):
+    wiseft_tasks: list[str] = Field(min_length=1)
+    gammas: list[NonNegativeFloat] = Field(min_length=1)
+    lines_gamma: NonNegativeFloat = 0.5
+    block_policy: BlockPolicy = "reference"
+
+
+class PipelineParams(_Section):
+    """The whole ``params.yaml`` of the embedded pipeline (``dvc.yaml`` interpolates it)."""
+
+    common: Common
+    data: Data
+    heads: Heads
+    finetune: Finetune
+    edit: Edit
+    merge: Merge
+    soups: Soups
+    wiseft: Wiseft
+
+    @model_validator(mode="after")
+    def _tasks(self) -> PipelineParams:
+        tasks = self.common.tasks
+        for name, ts in (("soups.task", [self.soups.task]), ("wiseft.wiseft_tasks", None)):
+            for i, t in enumerate(ts if ts is not None else self.wiseft.wiseft_tasks):
+                if t not in tasks:
+                    at = name if ts is not None else f"{name}[{i}]"
+                    raise ValueError(f"{at}: '{t}' is not one of common.tasks")
+        return self
+
+
+_MESSAGES = {
+    "greater_than_equal": "must be ≥ {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be ≤ {le}",
+    "less_than": "must be < {lt}",
+    "extra_forbidden": "unknown key",
+    "missing": "missing",
+    "too_short": "must not be empty",
+}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def error_line(e: ValidationError) -> str:
+    """The first error as ``section.key[i]: what is wrong``."""
+    err = e.errors()[0]
+    where = _loc(err["loc"])
+    template = _MESSAGES.get(err["type"])
+    if template is not None:
+        ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in err.get("ctx", {}).items()}
+        msg = template.format(**ctx)
+    else:
+        # A validator's own message may start with the key below ``where`` ("[2]: …",
+        # "ties_betas[1]: …"); pydantic prefixes it with "Value error, ".
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        head = msg.split(": ", 1)[0]
+        if msg.startswith("["):
+            return f"{where}{msg}"
+        if ": " in msg and " " not in head:
+            return f"{where}.{msg}" if where else msg
+    return f"{where}: {msg}" if where else msg
+
+
+def merge_section(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``merge`` section out of a merge stage's parsed options (the keys it declares and
+    the methods' keys that were given), validated: what ``lines.protocol.merge`` reads."""
+    from lines.merging import all_methods
+    from lines.merging.params import pipeline_options
+
+    keys = set(Merge.model_fields) | set(pipeline_options())
+    keys |= {f"{m}_{g}" for m in all_methods() for g in ("lambdas", "betas")}
+    section = {k: v for k, v in args.items() if k in keys and v is not None}
+    try:
+        Merge.model_validate(section)
+    except ValidationError as e:
+        raise LinesError(f"merge stage: merge.{error_line(e)}") from None
+    return section
+
+
+def validate_params(data: Mapping[str, Any], source: str = "params.yaml") -> PipelineParams:
+    """``data`` (a parsed params.yaml or profile) as :class:`PipelineParams`; a LinesError of
+    one line naming ``source`` and the key otherwise."""
+    try:
+        return PipelineParams.model_validate(dict(data))
+    except ValidationError as e:
+        raise LinesError(f"{source}: {error_line(e)}") from None
