@@ -8,19 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lines.protocol import report as shared
 from lines.protocol import schemas
-from lines.protocol.report import (
-    edit_table_md,
-    merge_metrics,
-    merge_table_md,
-    pct,
-    plots,
-    soups_metrics,
-    soups_table_md,
-    verdict_line,
-    wiseft_metrics,
-    write_merge_table,
-)
+from lines.protocol.report import pct
 from lines.protocol.results import read_csv, read_json
 from lines.protocol.schemas import read_output, write_output
 from lines.protocol.scores import mean
@@ -132,13 +122,13 @@ def run_report(
         "num_tasks": len(tasks),
         "zeroshot_test_avg_acc": mean(base["pretrained"]["test"][t] for t in tasks),
         "finetuned_test_avg_acc": mean(base["finetuned"][t]["test"][t] for t in tasks),
-        "merge": merge_metrics(mg),
+        "merge": shared.merge_metrics(mg),
         "edit": ed["average_at_best"],
     }
     if ws:
-        metrics["wiseft"] = wiseft_metrics(ws)
+        metrics["wiseft"] = shared.wiseft_metrics(ws)
     if sp:
-        metrics["soups"] = soups_metrics(sp)
+        metrics["soups"] = shared.soups_metrics(sp)
     metrics = write_output(out / "metrics.json", schemas.ReportMetrics, metrics)
 
     note = f"{model or 'CLIP'} image tower, zero-shot heads"
@@ -158,16 +148,16 @@ def run_report(
         "",
         "## Multi-task merging",
         "",
-        merge_table_md(mg, note),
+        shared.merge_table_md(mg, note),
         "",
     ]
-    parts.append(verdict_line(mg))
-    parts += ["", "## Single-task editing", "", edit_table_md(ed, base), ""]
+    parts.append(shared.verdict_line(mg))
+    parts += ["", "## Single-task editing", "", shared.edit_table_md(ed, base), ""]
     if ws:
         parts += ["## WiSE-FT", "", wiseft_table_md(ws), ""]
     if sp:
-        parts += ["## Soups", "", soups_table_md(sp), ""]
-    made = plots(
+        parts += ["## Soups", "", shared.soups_table_md(sp), ""]
+    made = shared.plots(
         out,
         mg,
         read_csv(Path(merge) / "merge_sweep.csv"),
@@ -184,5 +174,5 @@ def run_report(
         "",
     ]
     (out / "report.md").write_text("\n".join(parts))
-    write_merge_table(out / "merge_table.csv", mg)
+    shared.write_merge_table(out / "merge_table.csv", mg)
     return metrics

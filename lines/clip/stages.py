@@ -61,6 +61,7 @@ from lines.protocol import merge as pm
 from lines.protocol import single as ps
 from lines.protocol.results import write_csv, write_json
 from lines.protocol.schemas import BaseEval, SoupsResult, WiseftResult, read_output, write_output
+from lines.protocol.stage import run_stage
 from lines.protocol.suite import SPLITS
 
 __all__ = ["build_parser", "main", "parse_finetuned", "run", "run_prepare"]
@@ -424,17 +425,10 @@ def run(a: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
-    t0 = time.perf_counter()
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        run(args, extra)
-    except LinesError as e:
-        print(f"lines: error: {e}", file=sys.stderr)
-        return 2
-    print(f"stage {args.stage} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    return 0
+    return run_stage(args.stage, lambda: run(args, extra))
 
 
 if __name__ == "__main__":

@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lines.engine.manifest import base_manifest, finish, merge_manifest, output_recipe, prehash
+from lines.engine.inputs import PreMerge, open_inputs, start_merge
+from lines.engine.manifest import base_manifest, finish, output_recipe, prehash
 from lines.engine.stream import (
-    TaskVectorStream,
-    check_compatible,
-    is_elementwise,
     resolve_device,
-    run_statistics,
 )
 from lines.engine.writers import (
     apply_streaming,
@@ -36,8 +30,8 @@ from lines.engine.writers import (
     task_vector_norms,
 )
 from lines.errors import LinesError
-from lines.families import Partition, partition_keys
-from lines.io import Checkpoint, open_checkpoint
+from lines.families import partition_keys
+from lines.io import open_checkpoint
 from lines.io.outputs import check_distinct_inputs, plan_output
 from lines.merging import MergeMethod
 from lines.merging.methods.wise_ft import WiseFT
@@ -45,106 +39,11 @@ from lines.scaling import (
     NormKind,
     Scaling,
     auto_alpha,
-    lines_lambdas,
     single_task_lambdas,
 )
 from lines.schedules import Schedule
 
 PathLike = str | os.PathLike[str]
-
-
-def pre_merge_lambdas(
-    num_blocks: int, pre_lines: tuple[float, float] | None, pre_schedule: Schedule | None
-) -> list[float] | None:
-    """λ_pre(ℓ) for editing each τ_i before merging (LiNeS Sec. 5, "LiNeS may also edit each τ_i"):
-    ``pre_lines`` = (α, β) through ``pre_schedule`` (default linear)."""
-    if pre_lines is None:
-        if pre_schedule is not None:
-            raise LinesError("a pre-merge schedule needs --pre-lines-alpha and --pre-lines-beta")
-        return None
-    if pre_schedule is None:
-        return lines_lambdas(num_blocks, *pre_lines)
-    if pre_schedule.needs_block_norms:
-        raise LinesError(
-            f"schedule '{pre_schedule.name}' cannot edit each τ_i before merging "
-            "(it is set from the merged task vector's block norms)"
-        )
-    return pre_schedule.lambdas(num_blocks, *pre_lines)
-
-
-def _record_pre_merge(
-    manifest: dict[str, Any], pre_schedule: Schedule | None, task_weights: Sequence[float] | None
-) -> None:
-    if pre_schedule is not None:
-        manifest["pre_merge_lines"]["schedule"] = pre_schedule.describe()
-    if task_weights is not None:
-        manifest["task_weights"] = list(task_weights)
-
-
-def check_task_weights(weights: Sequence[float] | None, n: int) -> None:
-    if weights is None:
-        return
-    if len(weights) != n:
-        raise LinesError(f"{len(weights)} task weights for {n} fine-tuned checkpoints")
-    for w in weights:
-        if not isinstance(w, int | float) or not math.isfinite(w):
-            raise LinesError(f"task weights must be finite numbers, got {w!r}")
-
-
-def open_inputs(
-    stack: ExitStack,
-    pretrained: PathLike,
-    finetuned: Sequence[PathLike],
-    method: MergeMethod,
-    family: str | None,
-    block_policy: str,
-) -> tuple[Checkpoint, list[Checkpoint], Partition]:
-    """Open θ_0 and the fine-tuned checkpoints (closed with ``stack``), check them against each
-    other and partition θ_0's keys into blocks."""
-    base = stack.enter_context(open_checkpoint(pretrained))
-    fts = [stack.enter_context(open_checkpoint(f)) for f in finetuned]
-    if len(fts) < method.min_models:
-        raise LinesError(
-            f"method '{method.name}' needs at least {method.min_models} fine-tuned "
-            f"checkpoint(s), got {len(fts)}"
-        )
-    check_compatible(base, fts)
-    return base, fts, partition_keys(base.keys(), family, block_policy)
-
-
-def start_stream(
-    stack: ExitStack,
-    base: Checkpoint,
-    fts: list[Checkpoint],
-    dev: torch.device,
-    part: Partition,
-    method: MergeMethod,
-    pre_l: list[float] | None,
-    task_weights: Sequence[float] | None,
-    progress: bool,
-    hash_inputs: bool,
-    resident: bool = False,
-) -> TaskVectorStream:
-    """The task-vector stream, after the method's statistics passes; the inputs' sha256 are
-    computed meanwhile (cached on the checkpoints for the manifest)."""
-    hashed = prehash([base, *fts]) if hash_inputs else None
-    stream = TaskVectorStream(
-        base,
-        fts,
-        dev,
-        part,
-        pre_lambdas=pre_l,
-        task_weights=task_weights,
-        progress=progress,
-        sliced=is_elementwise(method),
-        resident=resident,
-    )
-    stack.callback(stream.close)
-    method.begin(len(fts), stream.total_entries(), dev)
-    run_statistics(stream, method)
-    if hashed is not None:
-        hashed()
-    return stream
 
 
 def merge_checkpoints(
@@ -187,9 +86,9 @@ def merge_checkpoints(
         if tv_target.resolve() == Path(out).resolve():
             raise LinesError(f"{tv_target}: --save-task-vector must differ from --out")
     with ExitStack() as stack:
-        base, fts, part = open_inputs(stack, pretrained, finetuned, method, family, block_policy)
-        check_task_weights(task_weights, len(fts))
-        pre_l = pre_merge_lambdas(part.num_blocks, pre_lines, pre_schedule)
+        pre = PreMerge(pre_lines, pre_schedule, task_weights)
+        inp = open_inputs(stack, pretrained, finetuned, method, family, block_policy, pre)
+        base, fts, part = inp.base, inp.fts, inp.part
         inputs = [pretrained, *finetuned]
         recipe = output_recipe(
             "merge",
@@ -207,23 +106,7 @@ def merge_checkpoints(
             plan_output(out, inputs, overwrite, copy_from=Path(pretrained), recipe=recipe)
         )
         tv_plan = plan.companion(tv_target, overwrite) if tv_target is not None else None
-        stream = start_stream(
-            stack,
-            base,
-            fts,
-            dev,
-            part,
-            method,
-            pre_l,
-            task_weights,
-            progress,
-            hash_inputs,
-            resident,
-        )
-        manifest = merge_manifest(
-            "merge", base, fts, method, part, pre_lines, pre_l, dev, hash_inputs
-        )
-        _record_pre_merge(manifest, pre_schedule, task_weights)
+        stream, manifest = start_merge(stack, "merge", inp, dev, progress, hash_inputs, resident)
         manifest.update(
             {
                 "output": {"path": str(plan.out), "dtype": out_dtype or "as pretrained"},
@@ -346,9 +229,9 @@ def build_task_vector(
     if not allow_duplicate_inputs:
         check_distinct_inputs(pretrained, finetuned)
     with ExitStack() as stack:
-        base, fts, part = open_inputs(stack, pretrained, finetuned, method, family, block_policy)
-        check_task_weights(task_weights, len(fts))
-        pre_l = pre_merge_lambdas(part.num_blocks, pre_lines, pre_schedule)
+        pre = PreMerge(pre_lines, pre_schedule, task_weights)
+        inp = open_inputs(stack, pretrained, finetuned, method, family, block_policy, pre)
+        fts, part = inp.fts, inp.part
         recipe = output_recipe(
             "task_vector",
             method,
@@ -362,23 +245,9 @@ def build_task_vector(
         plan = stack.enter_context(
             plan_output(out, [pretrained, *finetuned], overwrite, recipe=recipe)
         )
-        stream = start_stream(
-            stack,
-            base,
-            fts,
-            dev,
-            part,
-            method,
-            pre_l,
-            task_weights,
-            progress,
-            hash_inputs,
-            resident,
+        stream, manifest = start_merge(
+            stack, "task_vector", inp, dev, progress, hash_inputs, resident
         )
-        manifest = merge_manifest(
-            "task_vector", base, fts, method, part, pre_lines, pre_l, dev, hash_inputs
-        )
-        _record_pre_merge(manifest, pre_schedule, task_weights)
         manifest["output"] = {"path": str(out), "dtype": "float32"}
         rep = merge_to_task_vector(
             stream, method, plan.weights, norm, manifest, progress, header=plan.header_metadata()

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lines.errors import LinesError
 from lines.merging.options import add_method_options
+from lines.protocol.stage import run_stage
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -288,14 +287,7 @@ def run(a: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        run(args)
-    except LinesError as e:
-        print(f"lines: error: {e}", file=sys.stderr)
-        return 2
-    print(f"stage {args.stage} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    return 0
+    return run_stage(args.stage, lambda: run(args))
 
 
 if __name__ == "__main__":
