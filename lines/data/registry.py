@@ -417,7 +417,7 @@ def check_loaded(task: Task, inputs: Sequence[Any] | np.ndarray, labels: np.ndar
             raise LinesError(f"{task.name}: images must be a uint8 array (N, H, W)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _loaded_raw(name: str) -> tuple[Any, np.ndarray]:
     """The loader's output, checked (cached: cross-task de-duplication reads earlier tasks)."""
     task = get_task(name)
@@ -428,7 +428,7 @@ def _loaded_raw(name: str) -> tuple[Any, np.ndarray]:
     return inputs, labels
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _text_keys(name: str) -> frozenset[str]:
     return frozenset(text_key(t) for t in _loaded_raw(name)[0])
 
