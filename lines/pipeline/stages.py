@@ -52,10 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m lines.pipeline.stages", description=__doc__)
     sub = ap.add_subparsers(dest="stage", required=True)
 
-    p = sub.add_parser("heads", help="fit frozen linear heads on the pretrained features")
+    p = sub.add_parser("heads", help="build frozen heads: zero-shot (class-name prompts) or probes")
     _common(p)
     _data(p)
     p.add_argument("--tasks", nargs="+", required=True)
+    p.add_argument(
+        "--kind",
+        default="probe",
+        choices=("zeroshot", "probe"),
+        help="zeroshot: class-name prompts through the pretrained encoder (text); probe: linear probe",
+    )
+    p.add_argument(
+        "--logit_scale", type=float, default=100.0, help="zero-shot heads' fixed logit scale"
+    )
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the probes")
     p.add_argument(
         "--max_probe",
@@ -70,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     p.add_argument("--task", required=True)
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument(
+        "--steps", type=int, default=0, help="optimiser steps (0: --epochs passes over the data)"
+    )
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--weight_decay", type=float, default=0.01)
@@ -171,6 +183,8 @@ def run(a: argparse.Namespace) -> None:
             C=a.C,
             seed=a.seed,
             device=a.device,
+            kind=a.kind,
+            logit_scale=a.logit_scale,
         )
     elif a.stage == "finetune":
         tr.finetune(
@@ -182,6 +196,7 @@ def run(a: argparse.Namespace) -> None:
             max_train=a.max_train,
             max_val=a.max_val,
             epochs=a.epochs,
+            steps=a.steps,
             lr=a.lr,
             batch_size=a.batch_size,
             weight_decay=a.weight_decay,
