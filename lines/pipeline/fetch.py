@@ -155,7 +155,7 @@ def resolve_tasks(suite: str, tasks: Sequence[str] | None) -> list[str]:
 
 
 def models_for(suite: str) -> list[str]:
-    modalities = {"text": {"text"}, "vision": {"vision"}, "all": {"text", "vision"}}[suite]
+    modalities = {get_task(t).modality for t in suite_tasks(suite)}
     return [m for m, spec in MODELS.items() if spec["modality"] in modalities]
 
 

@@ -136,7 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lines_gamma", type=float, default=0.5)
     p.add_argument("--block_policy", default="reference")
 
+    p = sub.add_parser(
+        "fig1", help="the paper's Figure 1: shallow vs deep layers downscaled, over γ (test)"
+    )
+    _common(p)
+    _data(p)
+    _eval_args(p)
+    p.add_argument("--fig1_tasks", nargs="+", required=True, help="tasks whose τ is rescaled")
+    p.add_argument("--gammas", nargs="+", type=float, required=True)
+    p.add_argument("--block_policy", default="reference")
+
     p = sub.add_parser("report", help="metrics, tables and plots")
+    p.add_argument("--fig1", type=Path, default=None, help="fig1 stage output folder")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--bootstrap_seed", type=int, default=0)
     p.add_argument("--base_eval", type=Path, default=Path("out/eval/base.json"))
     p.add_argument("--heads", type=Path, default=Path("out/heads"))
     p.add_argument("--edit", type=Path, default=Path("out/edit"))
@@ -262,6 +275,19 @@ def run(a: argparse.Namespace) -> None:
             family=a.family,
             block_policy=a.block_policy,
         )
+    elif a.stage == "fig1":
+        ex.run_fig1(
+            _evaluator(a),
+            a.heads / "backbone.safetensors",
+            a.finetune,
+            ex.load_base_eval(a.base_eval),
+            a.tasks,
+            a.fig1_tasks,
+            a.gammas,
+            a.out,
+            family=a.family,
+            block_policy=a.block_policy,
+        )
     elif a.stage == "report":
         from lines.pipeline.report import run_report
 
@@ -275,6 +301,9 @@ def run(a: argparse.Namespace) -> None:
             a.out,
             suite=a.suite,
             backbone=a.backbone,
+            fig1_dir=a.fig1,
+            n_boot=a.bootstrap,
+            boot_seed=a.bootstrap_seed,
         )
 
 

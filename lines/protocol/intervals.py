@@ -104,9 +104,9 @@ class Bootstrap:
                     f"bootstrap: task '{t}' has {c.shape[0]} examples, expected {self.sizes.get(t)}"
                 )
             if c.shape[0] == 0:
-                out[t] = np.full(self.n_boot, np.nan) if resampled else float("nan")
+                out[t] = np.full(self.n_boot, np.nan) if resampled else np.float64("nan")
             else:
-                out[t] = c[self.index[t]].mean(axis=1) if resampled else float(c.mean())
+                out[t] = c[self.index[t]].mean(axis=1) if resampled else np.float64(c.mean())
         return out
 
     def ci(
@@ -114,8 +114,10 @@ class Bootstrap:
     ) -> Interval:
         """The interval of ``stat``: a function of {model: {task: accuracy}} written with numpy
         arithmetic (it is called once with floats and once with arrays of ``n_boot`` values)."""
-        point = float(stat({m: self._accs(c, False) for m, c in models.items()}))
-        samples = np.asarray(stat({m: self._accs(c, True) for m, c in models.items()}), float)
+        # A resample where a reference accuracy is 0 gives inf/NaN: dropped below, not warned.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            point = float(np.float64(stat({m: self._accs(c, False) for m, c in models.items()})))
+            samples = np.asarray(stat({m: self._accs(c, True) for m, c in models.items()}), float)
         samples = samples[np.isfinite(samples)]
         if samples.size == 0:
             nan = float("nan")
