@@ -144,10 +144,10 @@ def run_report(
     if not metrics["finetune_beats_probe_all"]:
         parts += [
             "",
-            "**Fine-tuning does not beat the probe on every task: do not trust the merge results below for those tasks.**",
+            "**Fine-tuning does not beat the pretrained model with its heads on every task: do not trust the merge results below for those tasks.**",
         ]
     parts += ["", "## Multi-task merging", "", merge_ci_md(merge_cis), ""]
-    parts += [merge_table_md(merge, note), ""]
+    parts += [merge_table_md(merge, note, {m: c["verdict"] for m, c in merge_cis.items()}), ""]
     if not merge_cis:
         parts.append(verdict_line(merge))
     parts += ["", "## Single-task editing", ""]

@@ -48,7 +48,11 @@ def verdict(delta: float, tol: float = 0.005) -> str:
     return "no clear difference"
 
 
-def merge_table_md(merge: Mapping[str, Any], suite_note: str) -> str:
+def merge_table_md(
+    merge: Mapping[str, Any], suite_note: str, verdicts: Mapping[str, str] | None = None
+) -> str:
+    """The merging table; ``verdicts`` (method → verdict from its interval) replaces the
+    fixed-threshold verdict where given."""
     tasks = merge["tasks"]
     lines = [
         f"Multi-task merging, {len(tasks)} tasks ({', '.join(tasks)}); {suite_note}. "
@@ -61,7 +65,7 @@ def merge_table_md(merge: Mapping[str, Any], suite_note: str) -> str:
         lines.append(
             f"| {r['method']} | {r['lambda']:g} | {pct(r['abs'])} | {pct(r['norm'])} | {r['alpha']:.3g} | "
             f"{r['beta']:g} | {pct(r['lines_abs'])} | {pct(r['lines_norm'])} | {100 * r['delta_norm']:+.1f} | "
-            f"{verdict(r['delta_norm'])} |"
+            f"{(verdicts or {}).get(r['method']) or verdict(r['delta_norm'])} |"
         )
     lines += ["", "Per task (test accuracy %, baseline → LiNeS):", ""]
     lines.append("| method | " + " | ".join(tasks) + " |")
