@@ -5,6 +5,7 @@ are the protocol's (``lines.protocol.report``); this module adds the suite's san
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,14 @@ def run_report(
             for t, c in edit_cis.items()
         },
     }
+    # Empty sections are left out (DVC's metrics drop empty objects); a missing interval bound
+    # (no per-example outputs) is left out, not NaN or null.
+    for key in ("merge_intervals", "edit_intervals"):
+        if not metrics[key]:
+            del metrics[key]
+    for key in ("regime", "merge_intervals", "edit_intervals"):
+        if key in metrics:
+            metrics[key] = _finite_or_none(metrics[key])
     if soups:
         metrics["soups"] = soups_metrics(soups)
     write_json(out_dir / "metrics.json", metrics)
@@ -212,3 +221,15 @@ def run_report(
     (out_dir / "report.md").write_text("\n".join(parts) + "\n")
     write_merge_table(out_dir / "merge_table.csv", merge)
     return metrics
+
+
+def _finite_or_none(x: Any) -> Any:
+    """``x`` without its non-finite floats and None values (left out, not written as NaN/null:
+    DVC drops nulls and trackers reject NaN)."""
+    if isinstance(x, dict):
+        return {
+            k: _finite_or_none(v)
+            for k, v in x.items()
+            if v is not None and not (isinstance(v, float) and not math.isfinite(v))
+        }
+    return x

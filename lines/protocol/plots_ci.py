@@ -93,9 +93,16 @@ def delta_ci(
     model: str,
     tasks: Sequence[str],
 ) -> str | None:
-    if not merge_cis and not edit_cis:
-        return None
     plt = _plt()
+    if not merge_cis and not edit_cis:
+        # Still written (a declared pipeline output), saying why it is empty.
+        fig, ax = plt.subplots(figsize=(8, 3), layout="constrained")
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no per-example test outputs: no intervals", ha="center", va="center")
+        _title(fig, "Δ with 95% paired-bootstrap intervals over test examples", suite, model, tasks)
+        fig.savefig(out / "delta_ci.png", dpi=120)
+        plt.close(fig)
+        return "delta_ci.png"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
     ax = axes[0]
     names = list(merge_cis)
