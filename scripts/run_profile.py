@@ -3,6 +3,9 @@ command lines DVC would build (sections unpacked as ``--key value``). For machin
 (the GPU runner) and for in-process tests; `dvc repro` remains the way to run it reproducibly.
 
     python scripts/run_profile.py profiles/vision-gpu.yaml --workdir runs/vision-gpu [--stages fetch heads ...]
+
+A profile with a ``runs`` block (``seeds``, ``sweep``) runs the whole pipeline once per
+fine-tuning budget and seed and aggregates them (mean ± sd): see :func:`run_many`.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ def unpack(section: dict[str, Any]) -> list[str]:
     return out
 
 
-def stage_commands(p: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """(stage name, argv) in pipeline order; argv[0] is the module to run."""
+def stage_commands(
+    p: dict[str, Any], finetune_seed: int | None = None
+) -> list[tuple[str, list[str]]]:
+    """(stage name, argv) in pipeline order; argv[0] is the module to run. ``finetune_seed``
+    replaces ``common.seed`` for fine-tuning only (the evaluation subsets stay the same)."""
     c = p["common"]
     scal = [
         "--backbone",
@@ -94,7 +100,7 @@ def stage_commands(p: dict[str, Any]) -> list[tuple[str, list[str]]]:
                     t,
                     *scal,
                     "--seed",
-                    str(c["seed"]),
+                    str(c["seed"] if finetune_seed is None else finetune_seed),
                     "--out",
                     f"out/finetune/{t}",
                 ],
@@ -168,6 +174,9 @@ def stage_commands(p: dict[str, Any]) -> list[tuple[str, list[str]]]:
         )
     )
     cmds.append(
+        ("fig1", [st, "fig1", *common, *data, *unpack(p["fig1"]), *evalp, "--out", "out/fig1"])
+    )
+    cmds.append(
         (
             "report",
             [
@@ -177,6 +186,9 @@ def stage_commands(p: dict[str, Any]) -> list[tuple[str, list[str]]]:
                 c["suite"],
                 "--backbone",
                 c["backbone"],
+                *unpack(p.get("report", {})),
+                "--fig1",
+                "out/fig1",
                 "--heads",
                 "out/heads",
                 "--base_eval",
@@ -197,17 +209,25 @@ def stage_commands(p: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return cmds
 
 
-def run(profile: Path, workdir: Path, stages: list[str] | None = None) -> dict[str, float]:
+def run(
+    profile: Path | dict[str, Any],
+    workdir: Path,
+    stages: list[str] | None = None,
+    finetune_seed: int | None = None,
+    skip: tuple[str, ...] = (),
+) -> dict[str, float]:
     """Run the stages in-process (one interpreter, so imports are paid once); return seconds per stage."""
     import importlib
 
-    params = yaml.safe_load(Path(profile).read_text())
+    params = profile if isinstance(profile, dict) else yaml.safe_load(Path(profile).read_text())
     workdir.mkdir(parents=True, exist_ok=True)
     cwd = os.getcwd()
     os.chdir(workdir)
     times: dict[str, float] = {}
     try:
-        for name, argv in stage_commands(params):
+        for name, argv in stage_commands(params, finetune_seed):
+            if name.split("@")[0] in skip:
+                continue
             if stages and name.split("@")[0] not in stages:
                 continue
             mod = importlib.import_module(argv[0])
@@ -221,6 +241,50 @@ def run(profile: Path, workdir: Path, stages: list[str] | None = None) -> dict[s
     return times
 
 
+def budget_label(over: dict[str, Any]) -> str:
+    return (
+        "-".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in over.items())
+        or "base"
+    )
+
+
+def run_many(profile: Path, workdir: Path) -> dict[str, float]:
+    """The profile's ``runs`` block: the whole pipeline for every fine-tuning budget of
+    ``runs.sweep`` (overrides of the ``finetune`` section; none: the profile's own) and every
+    seed of ``runs.seeds`` (the fine-tuning seed), each in ``WORKDIR/<budget>/seed<s>``; fetch
+    and heads (which depend on neither) run once and are shared by symlink. Then
+    ``lines.protocol.runs.aggregate`` writes ``WORKDIR/runs.{json,md}`` and
+    ``budget_sweep.png``: mean ± sd over seeds per budget."""
+    from lines.protocol.runs import aggregate
+
+    params = yaml.safe_load(Path(profile).read_text())
+    spec = params.pop("runs", None) or {}
+    seeds = [int(x) for x in spec.get("seeds") or [params["common"]["seed"]]]
+    budgets = spec.get("sweep") or [{}]
+    workdir.mkdir(parents=True, exist_ok=True)
+    shared = workdir / "shared"
+    # A machine without the asset packages (the GPU runner) brings a fetched folder along:
+    # WORKDIR/shared/data/fetch made by `python -m lines.pipeline.fetch` elsewhere.
+    pre = ["heads"] if (shared / "data" / "fetch" / "fetch.json").is_file() else ["fetch", "heads"]
+    times = {f"shared:{k}": v for k, v in run(params, shared, pre).items()}
+    reports: dict[str, list[Path]] = {}
+    for over in budgets:
+        label = budget_label(over)
+        p = {**params, "finetune": {**params["finetune"], **over}}
+        for seed in seeds:
+            wd = workdir / label / f"seed{seed}"
+            for rel in ("data/fetch", "out/heads"):
+                link = wd / rel
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if not link.exists():
+                    link.symlink_to((shared / rel).resolve(), target_is_directory=True)
+            t = run(p, wd, None, seed, skip=("fetch", "heads"))
+            times.update({f"{label}/seed{seed}:{k}": v for k, v in t.items()})
+            reports.setdefault(label, []).append(wd / "out" / "report")
+    aggregate(reports, workdir)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -229,7 +293,13 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--stages", nargs="+", default=None)
     a = ap.parse_args()
-    times = run(a.profile.resolve(), a.workdir, a.stages)
+    has_runs = "runs" in (yaml.safe_load(a.profile.read_text()) or {})
+    if has_runs and not a.stages:
+        times = run_many(a.profile.resolve(), a.workdir)
+    else:
+        params = yaml.safe_load(a.profile.read_text())
+        params.pop("runs", None)
+        times = run(params, a.workdir, a.stages)
     print("stage seconds:", times, "total", round(sum(times.values()), 1), file=sys.stderr)
 
 

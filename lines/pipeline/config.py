@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -53,17 +54,21 @@ class Common(_Section):
 
 
 class Data(_Section):
-    max_train: PositiveInt = 1000
-    max_val: PositiveInt = 200
-    max_test: PositiveInt = 500
+    # 0: every example of the split (the GPU profile)
+    max_train: NonNegativeInt = 1000
+    max_val: NonNegativeInt = 200
+    max_test: NonNegativeInt = 500
 
 
 class Heads(_Section):
+    kind: Literal["zeroshot", "probe"] = "probe"
+    logit_scale: Annotated[float, Field(gt=0.0)] = 100.0
     C: Annotated[float, Field(gt=0.0)] = 1.0
     max_probe: PositiveInt = 1000
 
 
 class Finetune(_Section):
+    steps: NonNegativeInt = 0  # optimiser steps; 0: `epochs` passes
     epochs: PositiveInt = 2
     lr: Annotated[float, Field(gt=0.0)] = 5e-5
     batch_size: PositiveInt = 32
@@ -132,6 +137,25 @@ class Wiseft(_Section):
     block_policy: BlockPolicy = "reference"
 
 
+class Fig1(_Section):
+    fig1_tasks: list[str] = Field(min_length=1)
+    gammas: list[Fraction] = Field(min_length=1)
+    block_policy: BlockPolicy = "reference"
+
+
+class Report(_Section):
+    bootstrap: PositiveInt = 1000
+    bootstrap_seed: int = 0
+
+
+class Runs(_Section):
+    """Repeats of the whole pipeline (``scripts/run_profile.py``): seeds, and a sweep of
+    ``finetune`` overrides (the fine-tuning budget)."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    sweep: list[dict[str, float | int]] = Field(default_factory=list)
+
+
 class PipelineParams(_Section):
     """The whole ``params.yaml`` of the embedded pipeline (``dvc.yaml`` interpolates it)."""
 
@@ -143,6 +167,9 @@ class PipelineParams(_Section):
     merge: Merge
     soups: Soups
     wiseft: Wiseft
+    fig1: Fig1 | None = None
+    report: Report = Field(default_factory=Report)
+    runs: Runs | None = None
 
     @model_validator(mode="after")
     def _tasks(self) -> PipelineParams:

@@ -21,7 +21,7 @@ from lines.pipeline.evaluation import Evaluator
 from lines.protocol import merge as pm
 from lines.protocol import single as ps
 from lines.protocol.schemas import BaseEval, read_output, write_output
-from lines.protocol.suite import SPLITS, Workbench
+from lines.protocol.suite import SPLITS, Workbench, score
 
 
 def ft_path(finetune_dir: Path, task: str) -> Path:
@@ -42,12 +42,18 @@ def run_base_eval(
     """Accuracies of θ_0 (with heads) and of every fine-tuned model on every task, val and test:
     the normalisers of every other stage (and the fine-tuned end of the editing curves)."""
     res: dict[str, Any] = {"pretrained": {}, "finetuned": {}}
+    # Per-example test correctness of every model, for the report's bootstrap intervals.
+    bits: dict[str, Any] = {"pretrained": {}, "finetuned": {}}
     base = load_state_dict(pretrained)
-    for split in SPLITS:
-        res["pretrained"][split] = evaluator.evaluate(base, split)
+    res["pretrained"]["val"] = evaluator.evaluate(base, "val")
+    res["pretrained"]["test"], bits["pretrained"] = score(evaluator, None, "test", evaluator.tasks)
     for t in tqdm(tasks, desc="base_eval", unit="model"):
         sd = load_state_dict(ft_path(finetune_dir, t))
-        res["finetuned"][t] = {split: evaluator.evaluate(sd, split) for split in SPLITS}
+        res["finetuned"][t] = {"val": evaluator.evaluate(sd, "val")}
+        res["finetuned"][t]["test"], bits["finetuned"][t] = score(
+            evaluator, None, "test", evaluator.tasks
+        )
+    res["test_correct"] = bits
     res["examples"] = {
         split: {t: evaluator.num_examples(t, split) for t in tasks} for split in SPLITS
     }
@@ -149,3 +155,24 @@ def run_wiseft(
 
 def load_base_eval(path: Path) -> dict[str, Any]:
     return read_output(path, BaseEval)
+
+
+def run_fig1(
+    evaluator: Evaluator,
+    pretrained: Path,
+    finetune_dir: Path,
+    base_eval: Mapping[str, Any],
+    tasks: Sequence[str],
+    fig_tasks: Sequence[str],
+    gammas: Sequence[float],
+    out_dir: Path,
+    *,
+    family: str | None = None,
+    block_policy: str = "reference",
+) -> dict[str, Any]:
+    """The paper's Figure 1 (``lines.protocol.schedules_fig1.run_fig1``)."""
+    from lines.protocol.schedules_fig1 import run_fig1 as fig1
+
+    fts = {t: ft_path(finetune_dir, t) for t in fig_tasks}
+    with workbench(evaluator, pretrained, family, block_policy) as b:
+        return fig1(b, base_eval, tasks, fig_tasks, fts, gammas, out_dir)

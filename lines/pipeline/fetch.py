@@ -50,6 +50,7 @@ from lines.data.registry import (
     group_ids,
     load_task,
     suite_tasks,
+    text_key,
 )
 from lines.errors import LinesError
 from lines.io import TorchCheckpoint, save_state_dict, sha256_file
@@ -154,7 +155,7 @@ def resolve_tasks(suite: str, tasks: Sequence[str] | None) -> list[str]:
 
 
 def models_for(suite: str) -> list[str]:
-    modalities = {"text": {"text"}, "vision": {"vision"}, "all": {"text", "vision"}}[suite]
+    modalities = {get_task(t).modality for t in suite_tasks(suite)}
     return [m for m, spec in MODELS.items() if spec["modality"] in modalities]
 
 
@@ -211,7 +212,7 @@ def _write_task(name: str, root: Path) -> dict[str, Any]:
     task = lt.task
     folder = root / "datasets" / name
     folder.mkdir(parents=True)
-    groups = group_ids(lt.inputs)
+    groups = group_ids(lt.inputs, text_key if task.modality == "text" else None)
     seen = set(groups[np.concatenate([lt.splits["train"], lt.splits["val"]])].tolist())
     test_seen = int(sum(g in seen for g in groups[lt.splits["test"]].tolist()))
     splits: dict[str, Any] = {}
@@ -240,6 +241,7 @@ def _write_task(name: str, root: Path) -> dict[str, Any]:
         "test_rule": task.test_rule,
         "duplicate_inputs": int(groups.shape[0] - (int(groups.max()) + 1 if groups.size else 0)),
         "test_inputs_also_in_train_or_val": test_seen,
+        "dropped": dict(lt.dropped),
         "source": task.asset_records(),
     }
     if task.modality == "vision":

@@ -51,10 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m lines.pipeline.stages", description=__doc__)
     sub = ap.add_subparsers(dest="stage", required=True)
 
-    p = sub.add_parser("heads", help="fit frozen linear heads on the pretrained features")
+    p = sub.add_parser("heads", help="build frozen heads: zero-shot (class-name prompts) or probes")
     _common(p)
     _data(p)
     p.add_argument("--tasks", nargs="+", required=True)
+    p.add_argument(
+        "--kind",
+        default="probe",
+        choices=("zeroshot", "probe"),
+        help="zeroshot: class-name prompts through the pretrained encoder (text); probe: linear probe",
+    )
+    p.add_argument(
+        "--logit_scale", type=float, default=100.0, help="zero-shot heads' fixed logit scale"
+    )
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the probes")
     p.add_argument(
         "--max_probe",
@@ -69,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     p.add_argument("--task", required=True)
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument(
+        "--steps", type=int, default=0, help="optimiser steps (0: --epochs passes over the data)"
+    )
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--weight_decay", type=float, default=0.01)
@@ -133,7 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", nargs="+", default=["test"], choices=["val", "test"])
     p.add_argument("--out", type=Path, required=True, help="JSON: {split: {task: accuracy}}")
 
+    p = sub.add_parser(
+        "fig1", help="the paper's Figure 1: shallow vs deep layers downscaled, over γ (test)"
+    )
+    _common(p)
+    _data(p)
+    _eval_args(p)
+    p.add_argument("--fig1_tasks", nargs="+", required=True, help="tasks whose τ is rescaled")
+    p.add_argument("--gammas", nargs="+", type=float, required=True)
+    p.add_argument("--block_policy", default="reference")
+
     p = sub.add_parser("report", help="metrics, tables and plots")
+    p.add_argument("--fig1", type=Path, default=None, help="fig1 stage output folder")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--bootstrap_seed", type=int, default=0)
     p.add_argument("--base_eval", type=Path, default=Path("out/eval/base.json"))
     p.add_argument("--heads", type=Path, default=Path("out/heads"))
     p.add_argument("--edit", type=Path, default=Path("out/edit"))
@@ -180,6 +205,8 @@ def run(a: argparse.Namespace) -> None:
             C=a.C,
             seed=a.seed,
             device=a.device,
+            kind=a.kind,
+            logit_scale=a.logit_scale,
         )
     elif a.stage == "finetune":
         tr.finetune(
@@ -191,6 +218,7 @@ def run(a: argparse.Namespace) -> None:
             max_train=a.max_train,
             max_val=a.max_val,
             epochs=a.epochs,
+            steps=a.steps,
             lr=a.lr,
             batch_size=a.batch_size,
             weight_decay=a.weight_decay,
@@ -269,6 +297,19 @@ def run(a: argparse.Namespace) -> None:
             f"{a.checkpoint}: "
             + ", ".join(f"{s} {t} {v:.3f}" for s, r in res.items() for t, v in r.items())
         )
+    elif a.stage == "fig1":
+        ex.run_fig1(
+            _evaluator(a),
+            a.heads / "backbone.safetensors",
+            a.finetune,
+            ex.load_base_eval(a.base_eval),
+            a.tasks,
+            a.fig1_tasks,
+            a.gammas,
+            a.out,
+            family=a.family,
+            block_policy=a.block_policy,
+        )
     elif a.stage == "report":
         from lines.pipeline.report import run_report
 
@@ -282,6 +323,9 @@ def run(a: argparse.Namespace) -> None:
             a.out,
             suite=a.suite,
             backbone=a.backbone,
+            fig1_dir=a.fig1,
+            n_boot=a.bootstrap,
+            boot_seed=a.bootstrap_seed,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lines.data.prompts import prompts_for
+from lines.errors import LinesError
 from lines.io import load_state_dict, save_state_dict
-from lines.pipeline.backbones import Backbone, Head, extract_features, load_backbone
+from lines.pipeline.backbones import (
+    Backbone,
+    Head,
+    TextBackbone,
+    extract_features,
+    load_backbone,
+)
 from lines.pipeline.common import class_names, read_json, read_split, seed_everything, write_json
 
 
@@ -48,6 +57,24 @@ def fit_linear_probe(
     return torch.tensor(w, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
 
 
+def zeroshot_weights(
+    embed: Callable[[list[str]], torch.Tensor],
+    names: Sequence[str],
+    templates: Sequence[str],
+    logit_scale: float = 100.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A zero-shot head as CLIP builds one: for each class, the (unit-norm) embeddings of its
+    name in every template, averaged, then normalised to unit length; the rows times a fixed
+    ``logit_scale``; no bias. ``embed`` maps texts to L2-normalised features [n, D]. Returns
+    (W [classes, D], b [classes])."""
+    rows = []
+    for name in names:
+        e = embed([t.format(name) for t in templates]).double()
+        rows.append(F.normalize(F.normalize(e, dim=-1).mean(0), dim=0))
+    w = torch.stack(rows) * float(logit_scale)
+    return w.float(), torch.zeros(len(names), dtype=torch.float32)
+
+
 def accuracy_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels).float().mean())
 
@@ -67,9 +94,17 @@ def run_heads(
     seed: int = 0,
     batch_size: int = 128,
     device: str = "cpu",
+    kind: str = "probe",
+    logit_scale: float = 100.0,
 ) -> dict[str, Any]:
-    """Fit one frozen head per task on the pretrained features; write θ_0 in the backbone's own
+    """Build one frozen head per task on the pretrained encoder; write θ_0 in the backbone's own
     key layout (``backbone.safetensors``) and ``heads/<task>.safetensors``.
+
+    ``kind`` "zeroshot" (text backbones; CLIP's recipe): the head is made of the pretrained
+    encoder's own embeddings of class-name prompts (:mod:`lines.data.prompts`, see
+    :func:`zeroshot_weights`), so θ_0 with its heads is a real zero-shot classifier and no
+    training example is spent on heads. ``kind`` "probe": a linear probe; the vision CNNs have no
+    text tower and always use probes.
 
     The probe is fitted on training examples that fine-tuning never sees (the slice after the
     first ``max_train`` of the seeded permutation; at most ``max_probe``), the analogue of CLIP's
@@ -77,13 +112,42 @@ def run_heads(
     leaves fine-tuning almost no gradient."""
     out_dir = Path(out_dir)
     (out_dir / "heads").mkdir(parents=True, exist_ok=True)
+    if kind not in ("zeroshot", "probe"):
+        raise LinesError(f"heads kind '{kind}': choose zeroshot or probe")
     bb = load_backbone(
         backbone_name, Path(fetch_dir) / "models", max_len=max_len, image_size=image_size
     )
+    if kind == "zeroshot" and not isinstance(bb, TextBackbone):
+        raise LinesError(
+            f"zero-shot heads need a text encoder; backbone '{backbone_name}' has none "
+            "(use heads.kind: probe)"
+        )
     save_state_dict(out_dir / "backbone.safetensors", bb.state_dict(), {"backbone": backbone_name})
-    summary: dict[str, Any] = {"backbone": backbone_name, "tasks": {}}
+    summary: dict[str, Any] = {"backbone": backbone_name, "kind": kind, "tasks": {}}
+    if kind == "zeroshot":
+        summary["logit_scale"] = float(logit_scale)
     for task in tqdm(tasks, desc="heads", unit="task"):
         t0 = time.perf_counter()
+        if kind == "zeroshot":
+            names = class_names(fetch_dir, task)
+            pnames, templates = prompts_for(task, len(names))
+            w, b = zeroshot_weights(
+                lambda xs: extract_features(bb, bb.prepare(xs), batch_size),
+                pnames,
+                templates,
+                logit_scale,
+            )
+            save_state_dict(out_dir / "heads" / f"{task}.safetensors", {"weight": w, "bias": b})
+            va = read_split(fetch_dir, task, "val").subset(max_val, seed)
+            fva = extract_features(bb, bb.prepare(va.inputs), batch_size)
+            summary["tasks"][task] = {
+                "num_classes": len(names),
+                "prompt_names": list(pnames),
+                "templates": list(templates),
+                "zeroshot_val_acc": accuracy_from_logits(fva @ w.T + b, va.labels),
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            continue
         full = read_split(fetch_dir, task, "train")
         offset = min(max_train, len(full) // 2)  # leave the probe at least half of a small set
         tr = full.subset(max_probe, seed, offset=offset)
@@ -125,6 +189,7 @@ def finetune(
     max_train: int,
     max_val: int,
     epochs: int = 2,
+    steps: int = 0,
     lr: float = 5e-5,
     batch_size: int = 32,
     weight_decay: float = 0.01,
@@ -136,7 +201,11 @@ def finetune(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Full fine-tuning of the backbone on one task with its head frozen; writes
-    ``model.safetensors`` (same keys as θ_0) and ``metrics.json``."""
+    ``model.safetensors`` (same keys as θ_0) and ``metrics.json``.
+
+    The budget is ``steps`` optimiser steps when positive (the data is cycled, reshuffled each
+    pass), else ``epochs`` passes; with ``lr`` it is the fine-tuning strength, the axis along which
+    forgetting appears (issue 11)."""
     g = seed_everything(seed)
     bb: Backbone = load_backbone(
         backbone_name, Path(fetch_dir) / "models", max_len=max_len, image_size=image_size
@@ -148,11 +217,12 @@ def finetune(
     prep_tr, prep_va = bb.prepare(tr.inputs), bb.prepare(va.inputs)
     params = [p for p in bb.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    total = epochs * math.ceil(len(tr) / batch_size)
+    per_epoch = math.ceil(len(tr) / batch_size)
+    total = steps if steps > 0 else epochs * per_epoch
     warmup = max(1, int(warmup_frac * total))
     step, t0, losses = 0, time.perf_counter(), []
     bar = tqdm(total=total, desc=f"finetune {task} (seed {seed})", unit="step")
-    for _ in range(epochs):
+    while step < total:
         bb.model.train()
         # BatchNorm keeps its ImageNet statistics: batch statistics of small batches of
         # out-of-distribution images (MNIST in an ImageNet CNN) would move every feature the
@@ -161,6 +231,8 @@ def finetune(
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
         for batch in bb.batches(prep_tr, batch_size, shuffle=True, generator=g):
+            if step >= total:
+                break
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, warmup, lr)
             logits = head(bb.features(batch))
@@ -184,6 +256,8 @@ def finetune(
         "task": task,
         "seed": seed,
         "steps": step,
+        "lr": lr,
+        "batch_size": batch_size,
         "train_examples": len(tr),
         "final_loss": float(np.mean(losses[-10:])) if losses else float("nan"),
         "val_acc": accuracy_from_logits(head.cpu()(fva), va.labels),

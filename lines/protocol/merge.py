@@ -122,8 +122,11 @@ def run_merge(
             times,
         )
         lines_l = lines_lambdas(L, alpha, beta)
-        base_rep = test_report(bench.accuracy(bench.theta(tau, [lam] * L), "test", tasks), ft_test)
-        lines_rep = test_report(bench.accuracy(bench.theta(tau, lines_l), "test", tasks), ft_test)
+        base_acc, base_bits = bench.scored(bench.theta(tau, [lam] * L), "test", tasks)
+        lines_acc, lines_bits = bench.scored(bench.theta(tau, lines_l), "test", tasks)
+        base_rep, lines_rep = test_report(base_acc, ft_test), test_report(lines_acc, ft_test)
+        if base_bits is not None and lines_bits is not None:
+            base_rep["test_correct"], lines_rep["test_correct"] = base_bits, lines_bits
         res["methods"][name] = {
             "params": method.params(),
             "input_sha256": [c["sha256"] for c in man["inputs"]["finetuned"]],

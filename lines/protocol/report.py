@@ -48,7 +48,11 @@ def verdict(delta: float, tol: float = 0.005) -> str:
     return "no clear difference"
 
 
-def merge_table_md(merge: Mapping[str, Any], suite_note: str) -> str:
+def merge_table_md(
+    merge: Mapping[str, Any], suite_note: str, verdicts: Mapping[str, str] | None = None
+) -> str:
+    """The merging table; ``verdicts`` (method → verdict from its interval) replaces the
+    fixed-threshold verdict where given."""
     tasks = merge["tasks"]
     lines = [
         f"Multi-task merging, {len(tasks)} tasks ({', '.join(tasks)}); {suite_note}. "
@@ -61,7 +65,7 @@ def merge_table_md(merge: Mapping[str, Any], suite_note: str) -> str:
         lines.append(
             f"| {r['method']} | {r['lambda']:g} | {pct(r['abs'])} | {pct(r['norm'])} | {r['alpha']:.3g} | "
             f"{r['beta']:g} | {pct(r['lines_abs'])} | {pct(r['lines_norm'])} | {100 * r['delta_norm']:+.1f} | "
-            f"{verdict(r['delta_norm'])} |"
+            f"{(verdicts or {}).get(r['method']) or verdict(r['delta_norm'])} |"
         )
     lines += ["", "Per task (test accuracy %, baseline → LiNeS):", ""]
     lines.append("| method | " + " | ".join(tasks) + " |")
@@ -271,3 +275,163 @@ def write_merge_table(path: Path, merge: Mapping[str, Any]) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Intervals (issue 11): every Δ with its paired-bootstrap interval, the verdict from the interval
+
+
+def _ft_bits(base: Mapping[str, Any]) -> dict[str, Any] | None:
+    tc = base.get("test_correct") or {}
+    return tc.get("finetuned") or None
+
+
+def merge_intervals(
+    merge: Mapping[str, Any], base: Mapping[str, Any], n_boot: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Per method: normalised test accuracy of the baseline and of LiNeS and their difference,
+    each with its paired-bootstrap interval (normalised by each fine-tuned model on its own task,
+    resampled with it), and the verdict of the difference. Empty without per-example outputs."""
+    from lines.protocol.intervals import from_examples, unpack_all, verdict
+
+    ft = _ft_bits(base)
+    tasks = merge["tasks"]
+    if not ft or not all(t in ft for t in tasks):
+        return {}
+    own = {t: unpack_all(ft[t])[t] for t in tasks}
+    out: dict[str, dict[str, Any]] = {}
+    for name, r in merge["methods"].items():
+        b, li = r["baseline"].get("test_correct"), r["lines"].get("test_correct")
+        if b is None or li is None:
+            continue
+        bb, ll = unpack_all(b), unpack_all(li)
+        bs = from_examples([bb, ll, own], n_boot, seed)
+        d = bs.delta_norm(ll, bb, own, tasks)
+        out[name] = {
+            "baseline_norm": bs.mean_norm(bb, own, tasks),
+            "lines_norm": bs.mean_norm(ll, own, tasks),
+            "delta_norm": d,
+            "verdict": verdict(d, "LiNeS helps", "LiNeS hurts"),
+        }
+    return out
+
+
+def edit_intervals(
+    edit: Mapping[str, Any], base: Mapping[str, Any], n_boot: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Per edited task, LiNeS (γ chosen on val) against the fine-tuned model: Δ target accuracy
+    and Δ mean control accuracy normalised by zero-shot, each with its interval; verdicts."""
+    from lines.protocol.intervals import from_examples, unpack_all, verdict
+
+    ft = _ft_bits(base)
+    zs_bits = (base.get("test_correct") or {}).get("pretrained")
+    if not ft or not zs_bits:
+        return {}
+    zs = unpack_all(zs_bits)
+    out: dict[str, dict[str, Any]] = {}
+    for t, r in edit["tasks"].items():
+        if "best_test_correct" not in r or t not in ft:
+            continue
+        ed, f = unpack_all(r["best_test_correct"]), unpack_all(ft[t])
+        controls = [o for o in ed if o != t]
+        bs = from_examples([ed, f, zs], n_boot, seed)
+        dt = bs.delta_acc(ed, f, [t])
+        dc = bs.delta_norm(ed, f, zs, controls) if controls else None
+        out[t] = {
+            "gamma": r["best_gamma"],
+            "delta_target": dt,
+            "delta_control_norm": dc,
+            "lines_control_norm": bs.mean_norm(ed, zs, controls) if controls else None,
+            "finetuned_control_norm": bs.mean_norm(f, zs, controls) if controls else None,
+            "control_verdict": verdict(dc, "control rises", "control drops") if dc else "n/a",
+            "target_verdict": verdict(dt, "target rises", "target drops"),
+        }
+    return out
+
+
+def merge_ci_md(cis: Mapping[str, Mapping[str, Any]]) -> str:
+    if not cis:
+        return "(no per-example outputs: no intervals)"
+    rows = [
+        "Normalised test accuracy % with 95% paired-bootstrap intervals; the verdict follows "
+        "the interval of Δ (LiNeS − baseline).",
+        "",
+        "| method | baseline | LiNeS | Δ | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for m, c in cis.items():
+        rows.append(
+            f"| {m} | {c['baseline_norm'].pct()} | {c['lines_norm'].pct()} | "
+            f"{c['delta_norm'].pct(True)} | {c['verdict']} |"
+        )
+    return "\n".join(rows)
+
+
+def edit_ci_md(cis: Mapping[str, Mapping[str, Any]]) -> str:
+    if not cis:
+        return "(no per-example outputs: no intervals)"
+    rows = [
+        "LiNeS-edited (γ on val) − fine-tuned, test, 95% paired-bootstrap intervals: Δ target "
+        "accuracy (points) and Δ control accuracy normalised by zero-shot (points).",
+        "",
+        "| task | γ | fine-tuned control | LiNeS control | Δ control | Δ target | verdicts |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t, c in cis.items():
+        fc, lc, dc = c["finetuned_control_norm"], c["lines_control_norm"], c["delta_control_norm"]
+        rows.append(
+            f"| {t} | {c['gamma']:g} | {fc.pct() if fc else 'n/a'} | {lc.pct() if lc else 'n/a'} | "
+            f"{dc.pct(True) if dc else 'n/a'} | {c['delta_target'].pct(True)} | "
+            f"{c['control_verdict']}; {c['target_verdict']} |"
+        )
+    return "\n".join(rows)
+
+
+def fig1_summary(
+    fig1: Mapping[str, Any], n_boot: int = 1000, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Per (schedule, γ): target and control normalised accuracy averaged over the Figure 1
+    tasks, with intervals where per-example outputs exist (γ = 1 included: the fine-tuned
+    models)."""
+    from lines.protocol.intervals import from_examples, unpack_all
+
+    pts = fig1["points"]
+    out = []
+    for kind in ("shallow", "deep"):
+        for g in fig1["gammas"]:
+            sel = [p for p in pts if p["schedule"] == kind and p["gamma"] == g]
+            row: dict[str, Any] = {
+                "schedule": kind,
+                "gamma": g,
+                "target_norm": mean(p["target_norm"] for p in sel),
+                "control_norm": mean(p["control_norm"] for p in sel),
+            }
+            if sel and all(p.get("test_correct") for p in sel):
+                # Per point: target = acc / the fine-tuned model's, control = mean of acc / the
+                # zero-shot model's (references held fixed), resampled over test examples.
+                zs, ftr = fig1["zeroshot"], fig1["finetuned_ref"]
+                bands: dict[str, list[float]] = {k: [] for k in ("t_lo", "t_hi", "c_lo", "c_hi")}
+                for p in sel:
+                    c, t = unpack_all(p["test_correct"]), p["task"]
+                    ctl = [o for o in c if o != t]
+                    bs = from_examples([c], n_boot, seed)
+                    ti = bs.ci(lambda A, t=t, f=ftr: A["m"][t] / f[t], {"m": c})
+                    bands["t_lo"].append(ti.lo)
+                    bands["t_hi"].append(ti.hi)
+                    if ctl:
+                        ci = bs.ci(
+                            lambda A, ctl=ctl, z=zs: sum(A["m"][o] / z[o] for o in ctl) / len(ctl),
+                            {"m": c},
+                        )
+                        bands["c_lo"].append(ci.lo)
+                        bands["c_hi"].append(ci.hi)
+                # The mean of per-task bounds: conservative for the mean over tasks (independent
+                # test sets make the interval of the mean narrower).
+                row.update(
+                    target_lo=mean(bands["t_lo"]),
+                    target_hi=mean(bands["t_hi"]),
+                    control_lo=mean(bands["c_lo"]),
+                    control_hi=mean(bands["c_hi"]),
+                )
+            out.append(row)
+    return out

@@ -64,12 +64,16 @@ def run_edit(
         ft_acc = base["finetuned"][t]
         ft_ref = {s: ft_acc[s][t] for s in SPLITS}
         per = []
+        bits_at: dict[float, dict[str, str] | None] = {}
+        ft_bits = (base.get("test_correct") or {}).get("finetuned", {}).get(t)
         for g in gammas:
             if float(g) == 1.0 and all(set(tasks) <= set(ft_acc[s]) for s in SPLITS):
                 accs = {s: ft_acc[s] for s in SPLITS}
+                bits_at[1.0] = ft_bits
             else:
                 sd = bench.theta(tau, single_task_lambdas(bench.L, float(g)))
-                accs = {s: bench.accuracy(sd, s, tasks) for s in SPLITS}
+                accs = {"val": bench.accuracy(sd, "val", tasks)}
+                accs["test"], bits_at[float(g)] = bench.scored(None, "test", tasks)
             rec: dict[str, Any] = {
                 "task": t,
                 "gamma": float(g),
@@ -84,6 +88,8 @@ def run_edit(
             "best": best,
             "finetuned": next((r for r in per if r["gamma"] == 1.0), None),
         }
+        if bits_at.get(best["gamma"]) is not None:
+            summary["tasks"][t]["best_test_correct"] = bits_at[best["gamma"]]
         del tau
     summary["average_at_best"] = {
         k: mean(summary["tasks"][t]["best"][k] for t in edit_tasks) for k in SUMMARY_KEYS

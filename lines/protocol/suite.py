@@ -142,5 +142,31 @@ class Workbench:
     ) -> dict[str, float]:
         return self.evaluator.accuracy(sd, split, tasks)
 
+    def scored(
+        self, sd: Mapping[str, torch.Tensor] | None, split: str, tasks: Sequence[str]
+    ) -> tuple[dict[str, float], dict[str, str] | None]:
+        """Accuracies and, where the evaluator gives it, per-example correctness packed as
+        '0'/'1' strings (:func:`lines.protocol.intervals.pack`; None otherwise) from one pass."""
+        return score(self.evaluator, sd, split, tasks)
+
     def examples(self, tasks: Sequence[str]) -> dict[str, dict[str, int]]:
         return {s: {t: self.evaluator.num_examples(t, s) for t in tasks} for s in SPLITS}
+
+
+def score(
+    evaluator: Evaluator,
+    sd: Mapping[str, torch.Tensor] | None,
+    split: str,
+    tasks: Sequence[str],
+) -> tuple[dict[str, float], dict[str, str] | None]:
+    """One evaluation: accuracies, and packed per-example correctness when the evaluator is a
+    :class:`PerExampleEvaluator` (None otherwise: the report then shows no interval)."""
+    from lines.protocol.intervals import pack
+
+    if isinstance(evaluator, PerExampleEvaluator):
+        correct = evaluator.correct(sd, split, tasks)
+        return (
+            {t: float(c.float().mean()) for t, c in correct.items()},
+            {t: pack(c) for t, c in correct.items()},
+        )
+    return evaluator.accuracy(sd, split, tasks), None

@@ -1,0 +1,105 @@
+"""Several runs of one suite: fine-tuning seeds (mean ± sd) and a sweep of the fine-tuning
+budget (steps × learning rate), read from each run's ``metrics.json``.
+
+The paper's mechanism predicts that LiNeS's gain grows with forgetting; the sweep puts the
+forgetting (control retention), the interference (task arithmetic's normalised accuracy) and the
+LiNeS Δ of each method side by side per budget, each as mean ± sd over seeds (and each run's own
+bootstrap interval stays in its report)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lines.protocol.results import read_json, write_json
+
+
+def _mean_sd(xs: Sequence[float]) -> dict[str, float]:
+    vals = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
+    if not vals:
+        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return {"mean": m, "sd": sd, "n": len(vals)}
+
+
+def summarise(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean ± sd (sample sd, n − 1) over runs of the regime numbers and each method's Δ."""
+    out: dict[str, Any] = {
+        "retention": _mean_sd([m["regime"]["retention"]["value"] for m in metrics]),
+        "task_arithmetic_norm": _mean_sd(
+            [m["regime"]["task_arithmetic_norm"]["value"] for m in metrics]
+        ),
+        "finetuned_test_avg_acc": _mean_sd([m["finetuned_test_avg_acc"] for m in metrics]),
+        "pretrained_test_avg_acc": _mean_sd([m["pretrained_test_avg_acc"] for m in metrics]),
+        "lines_delta_norm": {},
+        "edit_control_norm": _mean_sd([m["edit"]["test_control_norm"] for m in metrics]),
+        "edit_target_norm": _mean_sd([m["edit"]["test_target_norm"] for m in metrics]),
+    }
+    for name in metrics[0]["merge"] if metrics else []:
+        out["lines_delta_norm"][name] = _mean_sd(
+            [m["merge"][name]["lines_delta_norm"] for m in metrics]
+        )
+    return out
+
+
+def aggregate(runs: Mapping[str, Sequence[Path]], out_dir: Path) -> dict[str, Any]:
+    """``runs``: budget label → the report folders of its seeds. Writes ``runs.json`` and
+    ``runs.md`` (and ``budget_sweep.png`` for two or more budgets) under ``out_dir``."""
+    res = {
+        label: {
+            "runs": [str(p) for p in dirs],
+            **summarise([read_json(Path(p) / "metrics.json") for p in dirs]),
+        }
+        for label, dirs in runs.items()
+    }
+    out_dir = Path(out_dir)
+    write_json(out_dir / "runs.json", res)
+
+    def ms(d: Mapping[str, float]) -> str:
+        return f"{100 * d['mean']:.1f} ± {100 * d['sd']:.1f} (n={d['n']})"
+
+    methods = sorted({m for r in res.values() for m in r["lines_delta_norm"]})
+    lines = [
+        "Fine-tuning budget sweep: mean ± sd over seeds (%; Δ in points).",
+        "",
+        "| budget | fine-tuned acc | control retention | TA normalised | "
+        + " | ".join(f"Δ {m}" for m in methods)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(methods),
+    ]
+    for label, r in res.items():
+        lines.append(
+            f"| {label} | {ms(r['finetuned_test_avg_acc'])} | {ms(r['retention'])} | "
+            f"{ms(r['task_arithmetic_norm'])} | "
+            + " | ".join(ms(r["lines_delta_norm"][m]) for m in methods)
+            + " |"
+        )
+    (out_dir / "runs.md").write_text("\n".join(lines) + "\n")
+    if len(res) >= 2:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+        for m in methods:
+            xs = [100 * r["retention"]["mean"] for r in res.values()]
+            ys = [100 * r["lines_delta_norm"][m]["mean"] for r in res.values()]
+            es = [100 * r["lines_delta_norm"][m]["sd"] for r in res.values()]
+            ax.errorbar(xs, ys, yerr=es, fmt="o-", capsize=3, label=m)
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_xlabel(
+            "control retention of fine-tuned models (% of zero-shot; lower = more forgetting)"
+        )
+        ax.set_ylabel("LiNeS Δ normalised acc (points, mean ± sd over seeds)")
+        ax.set_title(
+            "LiNeS gain against forgetting, one point per fine-tuning budget\n" + ", ".join(res),
+            fontsize=8,
+        )
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.savefig(out_dir / "budget_sweep.png", dpi=120)
+        plt.close(fig)
+    return res
