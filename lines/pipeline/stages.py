@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lines.merging.options import add_method_options
-from lines.protocol.stage import run_stage
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -330,6 +329,8 @@ def run(a: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from lines.protocol.stage import run_stage  # here: tests load build_parser without torch
+
     args = build_parser().parse_args(argv)
     return run_stage(args.stage, lambda: run(args))
 

@@ -1,0 +1,274 @@
+"""Is linear layer scaling optimal? Every schedule of ``lines.schedules`` searched at an equal
+budget of validation evaluations, then compared with LiNeS's linear schedule on test with paired
+bootstrap intervals (Wang et al., ICLR 2025, leave the question open).
+
+- Multi-task merging: θ = θ_0 + λ(ℓ)·τ_MTL, λ(ℓ) = α + β·f(ℓ), α by the paper's rule and
+  (β, the schedule's own parameters) chosen on val by average normalised accuracy.
+- Single-task editing: λ(ℓ) = γ + (1−γ)·f(ℓ), (γ, parameters) chosen on val by the reference's
+  2·target + control criterion.
+
+Equal budget: a schedule family with C parameter combinations gets ⌊B/C⌋ coefficients evenly
+spread over the coefficient's range per combination, so every family uses at most B val
+evaluations (the count each used is recorded). ``measured`` reads the per-block norms of τ and
+θ_0 (computed here in memory).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lines.merging import make_method
+from lines.merging.methods.wise_ft import WiseFT
+from lines.merging.params import method_params
+from lines.protocol.intervals import from_examples, unpack_all, verdict
+from lines.protocol.results import write_json
+from lines.protocol.scores import edit_score, mean, normalise, select, target_control
+from lines.protocol.suite import Workbench
+from lines.scaling import auto_alpha
+from lines.schedules import BlockNorms, Schedule, make_schedule
+
+
+def block_norms(
+    base: Mapping[str, torch.Tensor], tau: Mapping[str, torch.Tensor], block_of: Mapping[str, int]
+) -> BlockNorms:
+    """Per-block L2 norms of τ and of θ_0 over τ's floating keys (for ``measured``)."""
+    num = max(block_of.values())
+    t2, b2 = [0.0] * num, [0.0] * num
+    for k, t in tau.items():
+        ell = block_of[k] - 1
+        t2[ell] += float(t.double().square().sum())
+        b2[ell] += float(base[k].double().square().sum())
+    return BlockNorms(tau=[x**0.5 for x in t2], base=[x**0.5 for x in b2])
+
+
+def candidates(
+    family: str, grid: Mapping[str, Sequence[Any]], budget: int, lo: float, hi: float
+) -> list[tuple[Schedule, float]]:
+    """(schedule, coefficient) pairs of one family within ``budget`` evaluations: every
+    combination of the family's parameter values, each with ⌊budget/C⌋ coefficients evenly
+    spread over [lo, hi]."""
+    names = sorted(grid)
+    combos = list(itertools.product(*(grid[n] for n in names))) or [()]
+    per = max(1, budget // len(combos))
+    coefs = [float(c) for c in np.linspace(lo, hi, per)] if per > 1 else [(lo + hi) / 2]
+    out = []
+    for combo in combos[:budget]:
+        sched = make_schedule(family, **dict(zip(names, combo, strict=True)))
+        out += [(sched, c) for c in coefs]
+    return out
+
+
+def _correct(bits: Mapping[str, str] | None) -> dict[str, np.ndarray] | None:
+    return unpack_all(bits) if bits else None
+
+
+def run_schedules(
+    bench: Workbench,
+    base: Mapping[str, Any],
+    tasks: Sequence[str],
+    finetuned: Mapping[str, Path],
+    cfg: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    n_boot: int = 1000,
+    boot_seed: int = 0,
+) -> dict[str, Any]:
+    """The schedule comparison on this suite; writes ``schedules.json``. ``cfg`` is the params'
+    ``schedules`` section: ``families`` ({name: {param: [values]}}), ``budget``, ``beta_max``,
+    ``methods`` (merges to rescale), ``edit_tasks``; method parameters as in ``merge``."""
+    families: Mapping[str, Mapping[str, Sequence[Any]]] = cfg["families"]
+    budget = int(cfg["budget"])
+    ft_val = {t: base["finetuned"][t]["val"][t] for t in tasks}
+    ft_test = {t: base["finetuned"][t]["test"][t] for t in tasks}
+    bits_ft = (base.get("test_correct") or {}).get("finetuned", {})
+    bits_zs = (base.get("test_correct") or {}).get("pretrained")
+    ref_correct = (
+        {t: unpack_all(bits_ft[t])[t] for t in tasks} if all(t in bits_ft for t in tasks) else None
+    )
+    res: dict[str, Any] = {
+        "tasks": list(tasks),
+        "budget": budget,
+        "families": {f: dict(g) for f, g in families.items()},
+        "num_blocks": bench.L,
+        "merging": {},
+        "editing": {},
+    }
+    for name in cfg.get("methods", []):
+        method = make_method(name, **method_params(name, cfg))
+        tau, man = bench.task_vector(f"schedules-{name}", [finetuned[t] for t in tasks], method)
+        norms = man["norms"]
+        alpha = auto_alpha(norms["task_vector_sum"], norms["merged_task_vector"], len(tasks))
+        bn = block_norms(bench.base, tau, bench.block_of)
+        rows: dict[str, Any] = {}
+        for fam, grid in tqdm(families.items(), desc=f"schedules {name}", leave=False):
+            tried = []
+            for sched, beta in candidates(fam, grid, budget, 0.0, float(cfg["beta_max"])):
+                lam = sched.lambdas(bench.L, alpha, beta, bn)
+                acc = bench.accuracy(bench.theta(tau, lam), "val", tasks)
+                tried.append({"sched": sched, "beta": beta, "lambdas": lam, "val": acc})
+            best = select(tried, lambda r: mean(normalise(r["val"], ft_val).values()))
+            acc, bits = bench.scored(bench.theta(tau, best["lambdas"]), "test", tasks)
+            rows[fam] = {
+                "schedule": best["sched"].spec(),
+                "alpha": alpha,
+                "beta": best["beta"],
+                "lambdas": best["lambdas"],
+                "evaluations": len(tried),
+                "val_avg_norm": mean(normalise(best["val"], ft_val).values()),
+                "test_acc": acc,
+                "test_avg_norm": mean(normalise(acc, ft_test).values()),
+                "test_correct": bits,
+            }
+        _merge_intervals(rows, ref_correct, n_boot, boot_seed)
+        res["merging"][name] = rows
+        del tau
+    zs_test = base["pretrained"]["test"]
+    zs_val = base["pretrained"]["val"]
+    for t in cfg.get("edit_tasks", []):
+        tau, _ = bench.task_vector(f"schedules-edit-{t}", [finetuned[t]], WiseFT(gamma=1.0))
+        bn = block_norms(bench.base, tau, bench.block_of)
+        controls = [o for o in tasks if o != t]
+        rows = {}
+        for fam, grid in tqdm(families.items(), desc=f"schedules edit {t}", leave=False):
+            tried = []
+            for sched, g in candidates(fam, grid, budget, 0.0, 1.0):
+                lam = sched.lambdas(bench.L, g, 1.0 - g, bn)
+                acc = bench.accuracy(bench.theta(tau, lam), "val", tasks)
+                tc = target_control(acc, t, controls, ft_val[t], zs_val)
+                tried.append({"sched": sched, "gamma": g, "lambdas": lam, **tc})
+            best = select(tried, lambda r: edit_score(r["target_norm"], r["control_norm"]))
+            acc, bits = bench.scored(bench.theta(tau, best["lambdas"]), "test", tasks)
+            rows[fam] = {
+                "schedule": best["sched"].spec(),
+                "gamma": best["gamma"],
+                "lambdas": best["lambdas"],
+                "evaluations": len(tried),
+                **target_control(acc, t, controls, ft_test[t], zs_test),
+                "test_correct": bits,
+            }
+        _edit_intervals(rows, t, controls, bits_ft.get(t), bits_zs, n_boot, boot_seed)
+        res["editing"][t] = rows
+        del tau
+    write_json(Path(out_dir) / "schedules.json", res)
+    return res
+
+
+def _merge_intervals(
+    rows: dict[str, Any], ref: Mapping[str, np.ndarray] | None, n_boot: int, seed: int
+) -> None:
+    """Δ average normalised accuracy of each family against ``linear``, paired bootstrap."""
+    lin = _correct(rows.get("linear", {}).get("test_correct"))
+    if lin is None or ref is None:
+        return
+    sets = {f: _correct(r["test_correct"]) for f, r in rows.items()}
+    boot = from_examples([lin, ref, *(c for c in sets.values() if c)], n_boot, seed)
+    for f, c in sets.items():
+        if c is None or f == "linear":
+            continue
+        ci = boot.delta_norm(c, lin, ref)
+        rows[f]["delta_vs_linear"] = ci.as_dict()
+        rows[f]["verdict"] = verdict(ci, "beats linear", "worse than linear")
+
+
+def _edit_intervals(
+    rows: dict[str, Any],
+    target: str,
+    controls: Sequence[str],
+    ft_bits: Mapping[str, str] | None,
+    zs_bits: Mapping[str, str] | None,
+    n_boot: int,
+    seed: int,
+) -> None:
+    """Δ target (normalised by the fine-tuned model) and Δ control (each control task normalised
+    by the zero-shot model, averaged) of each family against ``linear``."""
+    lin = _correct(rows.get("linear", {}).get("test_correct"))
+    ft, zs = _correct(ft_bits), _correct(zs_bits)
+    if lin is None or ft is None or zs is None:
+        return
+    sets = {f: _correct(r["test_correct"]) for f, r in rows.items()}
+    boot = from_examples([lin, ft, zs, *(c for c in sets.values() if c)], n_boot, seed)
+    for f, c in sets.items():
+        if c is None or f == "linear":
+            continue
+        models = {"a": c, "b": lin, "f": ft, "z": zs}
+        d_t = boot.ci(lambda A: (A["a"][target] - A["b"][target]) / A["f"][target], models)
+        d_c = boot.ci(
+            lambda A: sum((A["a"][o] - A["b"][o]) / A["z"][o] for o in controls) / len(controls),
+            models,
+        )
+        rows[f]["delta_target_vs_linear"] = d_t.as_dict()
+        rows[f]["delta_control_vs_linear"] = d_c.as_dict()
+        rows[f]["verdict"] = (
+            f"target {verdict(d_t, 'higher', 'lower')}, control {verdict(d_c, 'higher', 'lower')}"
+        )
+
+
+def schedules_md(res: Mapping[str, Any]) -> str:
+    """The tables and the one-paragraph answer: is linear optimal here?"""
+    out = [
+        f"Every schedule searched with at most {res['budget']} val evaluations; test accuracy "
+        "with Δ against linear (95% paired-bootstrap interval).",
+        "",
+    ]
+    for name, rows in res["merging"].items():
+        out += [
+            f"**Merging, {name}** (average normalised test accuracy, %)",
+            "",
+            "| schedule (chosen on val) | β | evals | test norm | Δ vs linear | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows.values():
+            d = r.get("delta_vs_linear")
+            ds = (
+                f"{100 * d['value']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+                if d
+                else "–"
+            )
+            out.append(
+                f"| `{r['schedule']}` | {r['beta']:.3g} | {r['evaluations']} | "
+                f"{100 * r['test_avg_norm']:.1f} | {ds} | {r.get('verdict', 'reference')} |"
+            )
+        out.append("")
+    for t, rows in res["editing"].items():
+        out += [
+            f"**Editing, {t}** (test target / control, normalised, %)",
+            "",
+            "| schedule (chosen on val) | γ | evals | target | control | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows.values():
+            out.append(
+                f"| `{r['schedule']}` | {r['gamma']:.3g} | {r['evaluations']} | "
+                f"{100 * r['target_norm']:.1f} | {100 * r['control_norm']:.1f} | "
+                f"{r.get('verdict', 'reference')} |"
+            )
+        out.append("")
+    out += ["**Is linear optimal here?** " + answer(res), ""]
+    return "\n".join(out)
+
+
+def answer(res: Mapping[str, Any]) -> str:
+    """One sentence per merge: the best schedule on val and whether it beats linear on test."""
+    parts = []
+    for name, rows in res["merging"].items():
+        best = max(rows, key=lambda f: rows[f]["val_avg_norm"])
+        r = rows[best]
+        if best == "linear" or "delta_vs_linear" not in r:
+            parts.append(f"for {name}, linear itself is the best schedule on val")
+            continue
+        d = r["delta_vs_linear"]
+        parts.append(
+            f"for {name}, `{r['schedule']}` is best on val and on test it is "
+            f"{100 * d['value']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] against "
+            f"linear ({r['verdict']})"
+        )
+    if not parts:
+        return "no merge was compared."
+    return "; ".join(parts) + "."
