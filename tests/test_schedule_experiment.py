@@ -10,7 +10,14 @@ import pytest
 import torch
 from conftest import write_family
 
-from lines.protocol.schedules import answer, block_norms, candidates, run_schedules, schedules_md
+from lines.protocol.schedules import (
+    answer,
+    block_norms,
+    candidates,
+    families_of,
+    run_schedules,
+    schedules_md,
+)
 from lines.protocol.suite import Workbench
 from lines.scaling import lines_lambdas
 
@@ -48,12 +55,15 @@ class DistanceEvaluator:
 
 
 def test_candidates_keep_the_budget() -> None:
-    c = candidates("linear", {}, 12, 0.0, 1.5)
+    fams = families_of(["linear", "power:p=0.5", "power:p=2", "power:p=4", "step:k=1", "reversed"])
+    assert list(fams) == ["linear", "power", "step", "reversed"]
+    c = candidates(fams["linear"], 12, 0.0, 1.5)
     assert len(c) == 12 and c[0][1] == 0.0 and c[-1][1] == 1.5
-    c = candidates("power", {"p": [0.5, 2.0, 4.0]}, 12, 0.0, 1.0)
+    c = candidates(fams["power"], 12, 0.0, 1.0)
     assert len(c) == 12 and {s.p for s, _ in c} == {0.5, 2.0, 4.0}
     assert [b for _, b in c[:4]] == pytest.approx([0, 1 / 3, 2 / 3, 1])
-    c = candidates("step", {"k": [1, 2, 3, 4, 5]}, 4, 0.0, 1.0)  # more combinations than budget
+    steps = families_of([f"step:k={k}" for k in range(1, 6)])["step"]
+    c = candidates(steps, 4, 0.0, 1.0)  # more settings than budget: one point each, mid-range
     assert len(c) == 4 and all(b == 0.5 for _, b in c)
 
 
@@ -85,7 +95,7 @@ def test_run_schedules_end_to_end(tmp_path) -> None:
                 o: pack(c) for o, c in ev.correct(sd, "test", tasks).items()
             }
         cfg = {
-            "families": {"linear": {}, "reversed": {}, "power": {"p": [0.5, 2.0]}, "measured": {}},
+            "specs": ["linear", "reversed", "power:p=0.5", "power:p=2", "measured"],
             "budget": 6,
             "beta_max": 1.0,
             "methods": ["task_arithmetic"],

@@ -15,7 +15,6 @@ evaluations (the count each used is recorded). ``measured`` reads the per-block 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from lines.protocol.results import write_json
 from lines.protocol.scores import edit_score, mean, normalise, select, target_control
 from lines.protocol.suite import Workbench
 from lines.scaling import auto_alpha
-from lines.schedules import BlockNorms, Schedule, make_schedule
+from lines.schedules import BlockNorms, Schedule, parse_schedule
 
 
 def block_norms(
@@ -48,21 +47,25 @@ def block_norms(
     return BlockNorms(tau=[x**0.5 for x in t2], base=[x**0.5 for x in b2])
 
 
-def candidates(
-    family: str, grid: Mapping[str, Sequence[Any]], budget: int, lo: float, hi: float
-) -> list[tuple[Schedule, float]]:
-    """(schedule, coefficient) pairs of one family within ``budget`` evaluations: every
-    combination of the family's parameter values, each with ⌊budget/C⌋ coefficients evenly
-    spread over [lo, hi]."""
-    names = sorted(grid)
-    combos = list(itertools.product(*(grid[n] for n in names))) or [()]
-    per = max(1, budget // len(combos))
-    coefs = [float(c) for c in np.linspace(lo, hi, per)] if per > 1 else [(lo + hi) / 2]
-    out = []
-    for combo in combos[:budget]:
-        sched = make_schedule(family, **dict(zip(names, combo, strict=True)))
-        out += [(sched, c) for c in coefs]
+def families_of(specs: Sequence[str]) -> dict[str, list[Schedule]]:
+    """``NAME[:k=v,…]`` specs grouped by schedule family (``power:p=0.5`` and ``power:p=2`` are
+    two parameter settings of ``power``), in order of first appearance."""
+    out: dict[str, list[Schedule]] = {}
+    for spec in specs:
+        sched = parse_schedule(spec)
+        out.setdefault(sched.name, []).append(sched)
     return out
+
+
+def candidates(
+    settings: Sequence[Schedule], budget: int, lo: float, hi: float
+) -> list[tuple[Schedule, float]]:
+    """(schedule, coefficient) pairs of one family within ``budget`` evaluations: each of its C
+    parameter settings with ⌊budget/C⌋ coefficients evenly spread over [lo, hi] (the middle of
+    the range when there is room for one)."""
+    per = max(1, budget // len(settings))
+    coefs = [float(c) for c in np.linspace(lo, hi, per)] if per > 1 else [(lo + hi) / 2]
+    return [(sched, c) for sched in list(settings)[:budget] for c in coefs]
 
 
 def _correct(bits: Mapping[str, str] | None) -> dict[str, np.ndarray] | None:
@@ -81,9 +84,10 @@ def run_schedules(
     boot_seed: int = 0,
 ) -> dict[str, Any]:
     """The schedule comparison on this suite; writes ``schedules.json``. ``cfg`` is the params'
-    ``schedules`` section: ``families`` ({name: {param: [values]}}), ``budget``, ``beta_max``,
-    ``methods`` (merges to rescale), ``edit_tasks``; method parameters as in ``merge``."""
-    families: Mapping[str, Mapping[str, Sequence[Any]]] = cfg["families"]
+    ``schedules`` section: ``specs`` (``NAME[:k=v,…]``, several settings of one family allowed),
+    ``budget``, ``beta_max``, ``methods`` (merges to rescale), ``edit_tasks``; method parameters
+    under their pipeline keys as in ``merge``."""
+    families = families_of(cfg["specs"])
     budget = int(cfg["budget"])
     ft_val = {t: base["finetuned"][t]["val"][t] for t in tasks}
     ft_test = {t: base["finetuned"][t]["test"][t] for t in tasks}
@@ -95,7 +99,7 @@ def run_schedules(
     res: dict[str, Any] = {
         "tasks": list(tasks),
         "budget": budget,
-        "families": {f: dict(g) for f, g in families.items()},
+        "families": {f: [x.spec() for x in g] for f, g in families.items()},
         "num_blocks": bench.L,
         "merging": {},
         "editing": {},
@@ -107,9 +111,9 @@ def run_schedules(
         alpha = auto_alpha(norms["task_vector_sum"], norms["merged_task_vector"], len(tasks))
         bn = block_norms(bench.base, tau, bench.block_of)
         rows: dict[str, Any] = {}
-        for fam, grid in tqdm(families.items(), desc=f"schedules {name}", leave=False):
+        for fam, settings in tqdm(families.items(), desc=f"schedules {name}", leave=False):
             tried = []
-            for sched, beta in candidates(fam, grid, budget, 0.0, float(cfg["beta_max"])):
+            for sched, beta in candidates(settings, budget, 0.0, float(cfg["beta_max"])):
                 lam = sched.lambdas(bench.L, alpha, beta, bn)
                 acc = bench.accuracy(bench.theta(tau, lam), "val", tasks)
                 tried.append({"sched": sched, "beta": beta, "lambdas": lam, "val": acc})
@@ -136,9 +140,9 @@ def run_schedules(
         bn = block_norms(bench.base, tau, bench.block_of)
         controls = [o for o in tasks if o != t]
         rows = {}
-        for fam, grid in tqdm(families.items(), desc=f"schedules edit {t}", leave=False):
+        for fam, settings in tqdm(families.items(), desc=f"schedules edit {t}", leave=False):
             tried = []
-            for sched, g in candidates(fam, grid, budget, 0.0, 1.0):
+            for sched, g in candidates(settings, budget, 0.0, 1.0):
                 lam = sched.lambdas(bench.L, g, 1.0 - g, bn)
                 acc = bench.accuracy(bench.theta(tau, lam), "val", tasks)
                 tc = target_control(acc, t, controls, ft_val[t], zs_val)
