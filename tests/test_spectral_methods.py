@@ -149,3 +149,12 @@ def test_wudi_starts_at_the_sum_and_lowers_its_loss() -> None:
     assert torch.allclose(merge("wudi", *tvs[:, 0, :], iterations=5), tvs[:, 0, :].mean(0))
     after = merge("wudi", *tvs, iterations=200, lr=1e-2)
     assert _wudi_loss(after, tvs) < 0.5 * _wudi_loss(tvs.sum(0), tvs)
+
+
+def test_wudi_with_an_unchanged_matrix_stays_finite() -> None:
+    g = torch.Generator().manual_seed(1)
+    tvs = torch.randn(2, 4, 3, generator=g)
+    got = merge("wudi", tvs[0], tvs[1], torch.zeros(4, 3), iterations=20, lr=1e-2)
+    assert torch.isfinite(got).all()
+    # the zero task adds nothing to the objective: same as merging without it, from Σ τ_i
+    assert torch.allclose(got, merge("wudi", tvs[0], tvs[1], iterations=20, lr=1e-2), atol=1e-6)

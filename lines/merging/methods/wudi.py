@@ -17,7 +17,8 @@ class Wudi(MergeMethod):
     data-free, per weight matrix, τ_m starts at Σ τ_i and takes ``iterations`` Adam steps
     (learning rate ``lr``) on Σ_i ‖(τ_m − τ_i)·τ_iᵀ‖²_F / ‖τ_i‖²_F — the interference each task
     vector's own row space sees; other tensors are averaged. As FusionBench's ``wudi_merging``
-    (its default of 400 iterations). Runs on the merge device: a GPU for real models (each
+    (its default of 400 iterations; a task whose matrix is unchanged contributes nothing, where
+    FusionBench's division by ‖τ_i‖² = 0 makes the merge NaN). Runs on the merge device: a GPU for real models (each
     iteration is N matrix products per weight matrix)."""
 
     name: ClassVar[str] = "wudi"
@@ -41,6 +42,9 @@ class Wudi(MergeMethod):
         with torch.enable_grad():
             opt = torch.optim.Adam([merged], lr=self.lr, weight_decay=0)
             l2 = torch.square(torch.norm(tvs.reshape(tvs.shape[0], -1), p=2, dim=-1))
+            # A task that left this matrix unchanged (τ_i = 0) contributes (τ_m − 0)·0ᵀ = 0: its
+            # term is 0, not 0/0 (FusionBench divides by zero there and the merge turns NaN).
+            l2 = torch.where(l2 > 0, l2, torch.ones_like(l2))
             for _ in range(self.iterations):
                 product = torch.matmul(merged.unsqueeze(0) - tvs, tvs.transpose(1, 2))
                 loss = torch.sum(torch.square(product) / l2.unsqueeze(-1).unsqueeze(-1))
