@@ -20,6 +20,7 @@ from lines.llm.model import assign_weights, load_folder
 from lines.llm.prompts import TaskPrompt, render, task_prompt
 from lines.llm.scoring import Norm, Request, encode, loglikelihoods, normalisers, rank_classify
 from lines.pipeline.common import Split
+from lines.protocol.suite import AccuracyFromCorrect
 
 
 @cache
@@ -42,7 +43,7 @@ def prompt_of(task: str) -> TaskPrompt:
     return task_prompt(task, get_task(task).classes)
 
 
-class LLMEvaluator:
+class LLMEvaluator(AccuracyFromCorrect):
     """Accuracy of a causal LM's weights on each task's ``val`` or ``test`` subset, by rank
     classification over the task's verbalisers."""
 
@@ -126,14 +127,3 @@ class LLMEvaluator:
             _, denom, labels = self._split(t, split)
             out[t] = rank_classify(self.scores(None, split, t), denom) == labels
         return out
-
-    def accuracy(
-        self,
-        state_dict: Mapping[str, torch.Tensor] | None,
-        split: str,
-        tasks: Sequence[str] | None = None,
-    ) -> dict[str, float]:
-        """Accuracy per task: the mean of :meth:`correct`."""
-        return {
-            t: float(c.float().mean()) for t, c in self.correct(state_dict, split, tasks).items()
-        }

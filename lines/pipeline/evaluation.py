@@ -17,9 +17,10 @@ import torch
 from lines.pipeline.backbones import Backbone, Head, extract_features, load_backbone
 from lines.pipeline.common import read_split
 from lines.pipeline.training import load_head
+from lines.protocol.suite import AccuracyFromCorrect
 
 
-class Evaluator:
+class Evaluator(AccuracyFromCorrect):
     """Accuracy of a state dict on each task's ``val`` or ``test`` subset."""
 
     def __init__(
@@ -79,17 +80,6 @@ class Evaluator:
                 pred = self.heads[t](feats).argmax(1)
             out[t] = pred == labels
         return out
-
-    def accuracy(
-        self,
-        state_dict: Mapping[str, torch.Tensor] | None,
-        split: str,
-        tasks: Sequence[str] | None = None,
-    ) -> dict[str, float]:
-        """Top-1 accuracy per task: the mean of :meth:`correct`."""
-        return {
-            t: float(c.float().mean()) for t, c in self.correct(state_dict, split, tasks).items()
-        }
 
     def evaluate(
         self, state_dict: Mapping[str, torch.Tensor], split: str, tasks: Sequence[str] | None = None

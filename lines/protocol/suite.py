@@ -52,6 +52,28 @@ class PerExampleEvaluator(Evaluator, Protocol):
     ) -> dict[str, torch.Tensor]: ...
 
 
+class AccuracyFromCorrect:
+    """For a :class:`PerExampleEvaluator`: ``accuracy`` as the mean of ``correct``, one
+    implementation for every suite."""
+
+    def correct(
+        self, state_dict: Mapping[str, torch.Tensor] | None, split: str, tasks: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def accuracy(
+        self,
+        state_dict: Mapping[str, torch.Tensor] | None,
+        split: str,
+        tasks: Sequence[str] | None = None,
+    ) -> dict[str, float]:
+        """Accuracy per task: the mean of :meth:`correct`."""
+        return {
+            t: float(c.float().mean())
+            for t, c in self.correct(state_dict, split, tasks).items()  # type: ignore[arg-type]
+        }
+
+
 class Workbench:
     """θ_0 held on the evaluation device, task vectors built by the engine, θ = θ_0 + λ(ℓ)τ.
 
