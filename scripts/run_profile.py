@@ -176,6 +176,14 @@ def stage_commands(
     cmds.append(
         ("fig1", [st, "fig1", *common, *data, *unpack(p["fig1"]), *evalp, "--out", "out/fig1"])
     )
+    if p.get("schedules"):
+        cmds.append(
+            (
+                "schedules",
+                [st, "schedules", *common, *data, *unpack(p["schedules"]), *evalp]
+                + ["--out", "out/schedules"],
+            )
+        )
     cmds.append(
         (
             "report",
@@ -189,6 +197,7 @@ def stage_commands(
                 *unpack(p.get("report", {})),
                 "--fig1",
                 "out/fig1",
+                *(["--schedules", "out/schedules"] if p.get("schedules") else []),
                 "--heads",
                 "out/heads",
                 "--base_eval",

@@ -199,6 +199,12 @@ def fig1(a):
                                  "zeroshot": base["pretrained"]["test"], "points": points})
 
 
+def schedules(a):
+    # The real stage needs torch; the fake leaves its output folder empty (the report then has no
+    # schedules section) so the flows' DVC graph still has the stage.
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+
+
 def report(a):
     # The real report code (lines/protocol/*, lines/pipeline/report.py) loaded from its files.
     stub("lines")
@@ -209,7 +215,8 @@ def report(a):
         load(f"lines.protocol.{name}", f"lines/protocol/{name}.py")
     m = load("_report", "lines/pipeline/report.py")
     m.run_report(a.base_eval, a.heads / "heads.json", a.edit, a.merge, a.soups, a.wiseft, a.out,
-                 suite=a.suite, backbone=a.backbone, fig1_dir=a.fig1, n_boot=a.bootstrap)
+                 suite=a.suite, backbone=a.backbone, fig1_dir=a.fig1, schedules_dir=a.schedules,
+                 n_boot=a.bootstrap)
 
 
 def main():
@@ -233,7 +240,8 @@ def main():
             (a.out / "model.safetensors").write_bytes(f"{a.task} {a.seed} {a.lr}".encode())
         else:
             {"base_eval": base_eval, "merge": merge, "edit": edit, "soups": soups,
-             "wiseft": wiseft, "fig1": fig1, "report": report}[stage](a)
+             "wiseft": wiseft, "fig1": fig1, "schedules": schedules,
+             "report": report}[stage](a)
     trace("end", label)
 
 

@@ -143,6 +143,40 @@ class Fig1(_Section):
     block_policy: BlockPolicy = "reference"
 
 
+class Schedules(_Section):
+    """The schedule comparison (``lines.protocol.schedules``): is linear layer scaling optimal?"""
+
+    specs: list[str] = Field(min_length=1)
+    budget: PositiveInt = 10
+    beta_max: Annotated[float, Field(gt=0.0)] = 1.0
+    methods: list[str] = Field(default_factory=list)
+    edit_tasks: list[str] = Field(default_factory=list)
+    block_policy: BlockPolicy = "reference"
+
+    @field_validator("specs")
+    @classmethod
+    def _specs(cls, v: list[str]) -> list[str]:
+        from lines.errors import LinesError
+        from lines.schedules import parse_schedule
+
+        for i, spec in enumerate(v):
+            try:
+                parse_schedule(spec)
+            except LinesError as e:
+                raise ValueError(f"[{i}]: {e}") from None
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        from lines.merging import all_methods
+
+        for i, m in enumerate(v):
+            if m not in all_methods():
+                raise ValueError(f"[{i}]: unknown method '{m}'")
+        return v
+
+
 class Report(_Section):
     bootstrap: PositiveInt = 1000
     bootstrap_seed: int = 0
@@ -168,6 +202,7 @@ class PipelineParams(_Section):
     soups: Soups
     wiseft: Wiseft
     fig1: Fig1 | None = None
+    schedules: Schedules | None = None
     report: Report = Field(default_factory=Report)
     runs: Runs | None = None
 

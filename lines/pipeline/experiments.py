@@ -176,3 +176,32 @@ def run_fig1(
     fts = {t: ft_path(finetune_dir, t) for t in fig_tasks}
     with workbench(evaluator, pretrained, family, block_policy) as b:
         return fig1(b, base_eval, tasks, fig_tasks, fts, gammas, out_dir)
+
+
+def run_schedules(
+    evaluator: Evaluator,
+    pretrained: Path,
+    finetune_dir: Path,
+    base_eval: Mapping[str, Any],
+    tasks: Sequence[str],
+    cfg: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    family: str | None = None,
+    block_policy: str = "reference",
+) -> dict[str, Any]:
+    """Is linear optimal? (``lines.protocol.schedules.run_schedules``)."""
+    from lines.protocol.schedules import run_schedules as schedules
+
+    fts = {t: ft_path(finetune_dir, t) for t in tasks}
+    with workbench(evaluator, pretrained, family, block_policy) as b:
+        return schedules(
+            b,
+            base_eval,
+            tasks,
+            fts,
+            cfg,
+            out_dir,
+            n_boot=int(cfg.get("bootstrap", 1000)),
+            boot_seed=int(cfg.get("bootstrap_seed", 0)),
+        )

@@ -51,6 +51,7 @@ def run_report(
     suite: str,
     backbone: str,
     fig1_dir: Path | None = None,
+    schedules_dir: Path | None = None,
     n_boot: int = 1000,
     boot_seed: int = 0,
 ) -> dict[str, Any]:
@@ -68,6 +69,8 @@ def run_report(
     note = SUITE_NOTES.get(suite, "backbone {backbone}").format(backbone=backbone)
     fig1_path = Path(fig1_dir) / "fig1.json" if fig1_dir else None
     fig1 = read_json(fig1_path) if fig1_path and fig1_path.is_file() else None
+    sch_path = Path(schedules_dir) / "schedules.json" if schedules_dir else None
+    sch = read_json(sch_path) if sch_path and sch_path.is_file() else None
     head_kind = hs.get("kind", "probe")
     model = f"{backbone} ({'zero-shot heads' if head_kind == 'zeroshot' else 'linear-probe heads'})"
     regime = regime_check(base, tasks, merge, n_boot=n_boot, seed=boot_seed)
@@ -134,6 +137,12 @@ def run_report(
             metrics[key] = _finite_or_none(metrics[key])
     if soups:
         metrics["soups"] = soups_metrics(soups)
+    if sch:
+        # Δ average normalised test accuracy of each schedule (chosen on val) against linear
+        metrics["schedules"] = {
+            m: {f: r["delta_vs_linear"]["value"] for f, r in rows.items() if "delta_vs_linear" in r}
+            for m, rows in sch["merging"].items()
+        }
     metrics = write_output(out_dir / "metrics.json", schemas.ReportMetrics, metrics)
 
     parts = [f"# Results: {suite} suite ({note})", ""]
@@ -189,6 +198,11 @@ def run_report(
                 f"| {r['schedule']} | {r['gamma']:g} | {cell('target')} | {cell('control')} |"
             )
         parts.append("")
+    if sch:
+        from lines.protocol.schedules import schedules_md  # torch-free report tests skip it
+
+        parts += ["## Is linear layer scaling optimal? (schedules at an equal budget)", ""]
+        parts += [schedules_md(sch), ""]
     if soups:
         parts += ["## Soups", "", soups_table_md(soups), ""]
     made = plots(

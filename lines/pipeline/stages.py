@@ -154,8 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gammas", nargs="+", type=float, required=True)
     p.add_argument("--block_policy", default="reference")
 
+    p = sub.add_parser(
+        "schedules", help="every λ(ℓ) schedule at an equal val budget against linear (test)"
+    )
+    _common(p)
+    _data(p)
+    _eval_args(p)
+    p.add_argument("--specs", nargs="+", required=True, help="NAME[:k=v,...] schedules")
+    p.add_argument("--budget", type=int, required=True, help="val evaluations per schedule")
+    p.add_argument("--beta_max", type=float, required=True, help="merging: β ∈ [0, beta_max]")
+    p.add_argument("--methods", nargs="+", default=[], help="merges to rescale")
+    p.add_argument("--edit_tasks", nargs="+", default=[], help="tasks to edit")
+    p.add_argument("--block_policy", default="reference")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--bootstrap_seed", type=int, default=0)
+
     p = sub.add_parser("report", help="metrics, tables and plots")
     p.add_argument("--fig1", type=Path, default=None, help="fig1 stage output folder")
+    p.add_argument("--schedules", type=Path, default=None, help="schedules stage output folder")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--bootstrap_seed", type=int, default=0)
     p.add_argument("--base_eval", type=Path, default=Path("out/eval/base.json"))
@@ -309,6 +325,18 @@ def run(a: argparse.Namespace) -> None:
             family=a.family,
             block_policy=a.block_policy,
         )
+    elif a.stage == "schedules":
+        ex.run_schedules(
+            _evaluator(a),
+            a.heads / "backbone.safetensors",
+            a.finetune,
+            ex.load_base_eval(a.base_eval),
+            a.tasks,
+            vars(a),
+            a.out,
+            family=a.family,
+            block_policy=a.block_policy,
+        )
     elif a.stage == "report":
         from lines.pipeline.report import run_report
 
@@ -323,6 +351,7 @@ def run(a: argparse.Namespace) -> None:
             suite=a.suite,
             backbone=a.backbone,
             fig1_dir=a.fig1,
+            schedules_dir=a.schedules,
             n_boot=a.bootstrap,
             boot_seed=a.bootstrap_seed,
         )
