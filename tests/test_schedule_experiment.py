@@ -118,3 +118,21 @@ def test_run_schedules_end_to_end(tmp_path) -> None:
     md = schedules_md(res)
     assert "Is linear optimal here?" in md and "task_arithmetic" in answer(res)
     assert (tmp_path / "out" / "schedules.json").is_file()
+
+
+def test_answer_names_ties_and_flat_choices() -> None:
+    row = {"schedule": "x", "beta": 0.0, "val_avg_norm": 0.9}
+    flat = {"merging": {"ta": {"linear": dict(row), "power": dict(row, schedule="power:p=2.0")}}}
+    assert "every schedule chose β = 0" in answer(flat)
+    d = {"value": 0.01, "lo": -0.01, "hi": 0.03}
+    tie = {
+        "merging": {
+            "ta": {"linear": dict(row, beta=0.5), "step": dict(row, beta=0.5, delta_vs_linear=d)}
+        }
+    }
+    assert "no schedule beats linear on val" in answer(tie)
+    better = dict(
+        row, beta=0.5, val_avg_norm=0.95, delta_vs_linear=d, verdict="no clear difference"
+    )
+    won = {"merging": {"ta": {"linear": dict(row, beta=0.5), "step": better}}}
+    assert "`x` is best on val" in answer(won) and "+1.0 points [-1.0, +3.0]" in answer(won)

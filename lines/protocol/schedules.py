@@ -259,13 +259,22 @@ def schedules_md(res: Mapping[str, Any]) -> str:
 
 
 def answer(res: Mapping[str, Any]) -> str:
-    """One sentence per merge: the best schedule on val and whether it beats linear on test."""
+    """One sentence per merge: the best schedule on val and whether it beats linear on test;
+    says so when the choice is a tie or when every schedule chose β = 0 (a uniform λ = α, so the
+    shapes were never put to the test)."""
     parts = []
     for name, rows in res["merging"].items():
+        if rows and all(r["beta"] == 0 for r in rows.values()):
+            parts.append(
+                f"for {name}, every schedule chose β = 0 on val (a uniform λ = α): at this α the "
+                "depth profile did not help, so this run does not rank the shapes"
+            )
+            continue
         best = max(rows, key=lambda f: rows[f]["val_avg_norm"])
         r = rows[best]
-        if best == "linear" or "delta_vs_linear" not in r:
-            parts.append(f"for {name}, linear itself is the best schedule on val")
+        lin = rows.get("linear", {}).get("val_avg_norm")
+        if best == "linear" or "delta_vs_linear" not in r or r["val_avg_norm"] == lin:
+            parts.append(f"for {name}, no schedule beats linear on val")
             continue
         d = r["delta_vs_linear"]
         parts.append(
