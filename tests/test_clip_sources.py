@@ -14,8 +14,8 @@ from fixtures_clip import VISION, hf_vision_config, openclip_state_dict
 
 from lines.clip.convert import openclip_to_hf
 from lines.clip.model import build_image_encoder
+from lines.clip.pickled import convert_pickled_module
 from lines.clip.sources import (
-    convert_pickled_module,
     fetch,
     load_canonical,
     module_classes,
