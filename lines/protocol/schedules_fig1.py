@@ -26,13 +26,16 @@ from lines.protocol.results import write_csv, write_json
 from lines.protocol.scores import target_control
 from lines.protocol.suite import Workbench
 from lines.scaling import single_task_lambdas
+from lines.schedules import make_schedule
 
 SCHEDULES = ("shallow", "deep")
 
 
 def deep_lambdas(num_blocks: int, gamma: float) -> list[float]:
-    """The mirror of LiNeS's single-task schedule: λ(ℓ) = γ + (1−γ)(L−ℓ)/(L−1)."""
-    return list(reversed(single_task_lambdas(num_blocks, gamma)))
+    """The mirror of LiNeS's single-task schedule, λ(ℓ) = γ + (1−γ)(L−ℓ)/(L−1): the ``reversed``
+    schedule of ``lines.schedules``."""
+    single_task_lambdas(num_blocks, gamma)  # validates γ ∈ [0, 1]
+    return make_schedule("reversed").lambdas(num_blocks, gamma, 1.0 - gamma)
 
 
 def schedule(kind: str, num_blocks: int, gamma: float) -> list[float]:

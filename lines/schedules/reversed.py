@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from lines.scaling import lines_lambdas
 from lines.schedules.base import BlockNorms, Schedule, depth
 
 
@@ -17,6 +18,12 @@ class Reversed(Schedule):
 
     def shape(self, ell: int, num_blocks: int, norms: BlockNorms | None = None) -> float:
         return 1.0 - depth(ell, num_blocks) if num_blocks > 1 else 0.0
+
+    def lambdas(
+        self, num_blocks: int, alpha: float, beta: float, norms: BlockNorms | None = None
+    ) -> list[float]:
+        # LiNeS's λ(ℓ) read backwards: the exact mirror of ``linear``, bit for bit.
+        return list(reversed(lines_lambdas(num_blocks, alpha, beta)))
 
 
 SCHEDULE = Reversed
