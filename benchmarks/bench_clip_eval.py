@@ -176,8 +176,8 @@ def run(a: argparse.Namespace, save: Any = lambda res: None) -> dict[str, Any]:
     import torch
 
     from lines.clip import stages as S
-    from lines.clip.datasets import load_split
     from lines.clip.evaluate import cached_split, evaluate
+    from lines.clip.layouts import load_split
     from lines.merging import make_method
     from lines.scaling import lines_lambdas
 

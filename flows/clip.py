@@ -21,6 +21,7 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from flows._core import BlockPolicy, Experiment, Method, RunOptions, run_experiment
+from lines.clip.config import validate_clip_params
 from orchestration.clip import CLIP_DIR, STAGES, clip_record, dvc_targets, overrides_of, summary
 
 Stage = Literal[STAGES]  # type: ignore[valid-type]
@@ -95,7 +96,7 @@ def clip_benchmark(
         build_record=lambda ctx: clip_record(ctx.pipeline, ctx.params),
         pipeline_dir=CLIP_DIR,
         summary=lambda ctx: summary(ctx.pipeline),
-        validate=None,  # clip/params.yaml is checked by its stages (lines/clip/stages.py)
+        validate=validate_clip_params,
     )
     return run_experiment(exp, overrides, profile=profile, workspace=workspace, name=name, run=run)
 

@@ -12,16 +12,9 @@ import torch
 from PIL import Image
 
 from lines.clip import _classnames as C
-from lines.clip.datasets import (
-    SUITES,
-    get_suite,
-    get_task,
-    load_split,
-    protocol_split_indices,
-    resolve_class_folders,
-    task_names,
-    val_size,
-)
+from lines.clip.datasets import SUITES, get_suite, get_task, task_names
+from lines.clip.layouts import load_split, resolve_class_folders
+from lines.clip.splits import protocol_split_indices, val_size
 from lines.errors import LinesError
 
 REFERENCE_8 = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]

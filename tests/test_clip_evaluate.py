@@ -12,8 +12,8 @@ from fixtures_clip import TEXT, VISION, openclip_state_dict, tiny_openclip
 from PIL import Image
 from torch import nn
 
-import lines.clip.datasets as D
-from lines.clip.datasets import get_task, load_split
+import lines.clip.splits as D
+from lines.clip.datasets import get_task
 from lines.clip.evaluate import (
     OPENAI_MEAN,
     OPENAI_STD,
@@ -26,6 +26,7 @@ from lines.clip.evaluate import (
     summarize,
 )
 from lines.clip.heads import ZeroShotHead
+from lines.clip.layouts import load_split
 from lines.clip.model import build_image_encoder
 from lines.errors import LinesError
 
@@ -81,13 +82,13 @@ def test_accuracy_is_the_hand_computed_value(eurosat):
 
 def test_cache_is_used_the_second_time(eurosat, tmp_path, monkeypatch):
     decodes = {"n": 0}
-    real = D._open_image
+    real = D.open_image
 
     def counting(path):
         decodes["n"] += 1
         return real(path)
 
-    monkeypatch.setattr(D, "_open_image", counting)
+    monkeypatch.setattr(D, "open_image", counting)
     split = load_split("EuroSAT", "test", eurosat)
     cache = tmp_path / "cache"
     first = evaluate(RedDecoder(10), _head(), split, preprocess=PRE, cache_dir=cache)

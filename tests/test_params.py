@@ -83,3 +83,40 @@ def test_profile_check_command(tmp_path: Path) -> None:
     assert main(["--check", "--workspace", str(tmp_path)]) == 0
     assert main(["smoke", "--workspace", str(tmp_path), "--set", "merge.betas=[-1]"]) == 2
     assert (tmp_path / "params.yaml").read_text() == good  # nothing written
+
+
+# -- clip/params.yaml: its own typed model (lines.clip.config), the same one-line errors ---------
+CLIP = yaml.safe_load((ROOT / "clip" / "params.yaml").read_text())
+
+
+def test_clip_params_yaml_is_valid() -> None:
+    from lines.clip.config import validate_clip_params
+
+    p = validate_clip_params(CLIP)
+    assert p.common.suite == "8" and p.merge.methods == ["task_arithmetic", "ties", "consensus"]
+    assert len(p.sources.finetuned) == 8 and p.merge.model_extra["ties_density"] == 0.2
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("common", "device", "gpu", "common.device: must be cpu, cuda, cuda:N or auto"),
+        ("common", "batch_size", 0, "common.batch_size: must be > 0"),
+        ("common", "tasks", ["MNIST", "Nope"], "common.tasks[1]: unknown task 'Nope'"),
+        ("common", "suite", "9", "common.suite: Input should be '8', '14' or '20'"),
+        ("merge", "betas", [0.1, -1.0], "merge.betas[1]: must be ≥ 0"),
+        ("merge", "ties_densty", 0.1, "merge.ties_densty: not a key of any merge method"),
+        ("merge", "methods", ["task_arithmetic", "nope"], "merge.methods[1]: unknown method"),
+        ("edit", "gammas", [], "edit.gammas: must not be empty"),
+        ("sources", "pretraind", "x", "sources.pretraind: unknown key"),
+    ],
+)
+def test_clip_params_wrong_value_names_the_key(section, key, value, message) -> None:
+    from lines.clip.config import validate_clip_params
+
+    bad = copy.deepcopy(CLIP)
+    bad[section][key] = value
+    with pytest.raises(LinesError) as e:
+        validate_clip_params(bad)
+    assert str(e.value).startswith(f"clip/params.yaml: {message}")
+    assert "\n" not in str(e.value)

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lines.clip.datasets import Split
 from lines.clip.heads import ZeroShotHead
+from lines.clip.splits import Split
 from lines.engine import resolve_device  # the one device parser
 from lines.errors import LinesError
 
@@ -402,8 +402,9 @@ def evaluate_checkpoint(
     ``heads``/``text_heads``: attention heads of the towers (default width / 64, OpenAI's).
     Returns ``summarize(...)`` plus each result and the inputs."""
     from lines.clip.convert import split_openclip, to_openclip
-    from lines.clip.datasets import get_task, load_split
+    from lines.clip.datasets import get_task
     from lines.clip.heads import zero_shot_head
+    from lines.clip.layouts import load_split
     from lines.clip.model import build_image_encoder, build_text_encoder, tensors_digest
     from lines.io import load_state_dict
 

@@ -134,7 +134,7 @@ class Bench:
 
     # -- data ----------------------------------------------------------------------------
     def split(self, task: str, split: str):  # noqa: ANN201 - Split
-        from lines.clip.datasets import load_split
+        from lines.clip.layouts import load_split
 
         key = (task, split)
         if key not in self._splits:

@@ -67,7 +67,6 @@ class LLMEvaluator(AccuracyFromCorrect):
         self.precision, self.batch_size = precision, batch_size
         self.max_chars, self.norm, self.seed = max_chars, norm, seed
         self._prepared: dict[tuple[str, str], tuple[list[Request], list[float], torch.Tensor]] = {}
-        self.calls = 0
 
     def _split(self, task: str, split: str) -> tuple[list[Request], list[float], torch.Tensor]:
         """Every (example, option) request of the split, flattened example-major; the options'
@@ -111,19 +110,6 @@ class LLMEvaluator(AccuracyFromCorrect):
         )
         return ll.view(-1, len(denom))
 
-    def correct(
-        self,
-        state_dict: Mapping[str, torch.Tensor] | None,
-        split: str,
-        tasks: Sequence[str] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Per-example correctness (bool) per task of the model with weights ``state_dict``
-        (None: the weights loaded last)."""
-        if state_dict is not None:
-            self.load(state_dict)
-        self.calls += 1
-        out = {}
-        for t in tasks or self.tasks:
-            _, denom, labels = self._split(t, split)
-            out[t] = rank_classify(self.scores(None, split, t), denom) == labels
-        return out
+    def correct_task(self, task: str, split: str) -> torch.Tensor:
+        _, denom, labels = self._split(task, split)
+        return rank_classify(self.scores(None, split, task), denom) == labels

@@ -11,10 +11,11 @@ declarations (``lines.merging.params``), so a new method file adds its keys here
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,6 +33,26 @@ BlockPolicy = Literal["reference", "depth"]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _device(v: str) -> str:
+    if v not in ("cpu", "cuda", "auto") and not (v.startswith("cuda:") and v[5:].isdigit()):
+        raise ValueError("must be cpu, cuda, cuda:N or auto")
+    return v
+
+
+Device = Annotated[str, AfterValidator(_device)]
+
+
+def each_checked(values: list[Any], check: Callable[[Any], object]) -> list[Any]:
+    """``values`` if ``check`` accepts each; else the first LinesError as ``[i]: message`` (a
+    validator's error, which :func:`error_line` puts after the key)."""
+    for i, v in enumerate(values):
+        try:
+            check(v)
+        except LinesError as e:
+            raise ValueError(f"[{i}]: {e}") from None
+    return values
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,14 +64,7 @@ class Common(_Section):
     seed: int = 0
     max_len: PositiveInt = 64
     image_size: PositiveInt = 64
-    device: str = "cpu"
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v not in ("cpu", "cuda", "auto") and not (v.startswith("cuda:") and v[5:].isdigit()):
-            raise ValueError("must be cpu, cuda, cuda:N or auto")
-        return v
+    device: Device = "cpu"
 
 
 class Data(_Section):
@@ -156,15 +170,9 @@ class Schedules(_Section):
     @field_validator("specs")
     @classmethod
     def _specs(cls, v: list[str]) -> list[str]:
-        from lines.errors import LinesError
         from lines.schedules import parse_schedule
 
-        for i, spec in enumerate(v):
-            try:
-                parse_schedule(spec)
-            except LinesError as e:
-                raise ValueError(f"[{i}]: {e}") from None
-        return v
+        return each_checked(v, parse_schedule)
 
     @field_validator("methods")
     @classmethod

@@ -49,7 +49,6 @@ class Evaluator(AccuracyFromCorrect):
         self.batch_size = batch_size
         self._prepared: dict[tuple[str, str], tuple[Any, torch.Tensor]] = {}
         self._fetch_dir, self._limits, self._seed = Path(fetch_dir), dict(limits), seed
-        self.calls = 0
 
     def _split(self, task: str, split: str) -> tuple[Any, torch.Tensor]:
         key = (task, split)
@@ -61,25 +60,14 @@ class Evaluator(AccuracyFromCorrect):
     def num_examples(self, task: str, split: str) -> int:
         return len(self._split(task, split)[1])
 
-    def correct(
-        self,
-        state_dict: Mapping[str, torch.Tensor] | None,
-        split: str,
-        tasks: Sequence[str] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Per-example correctness (bool, one per example of the split's subset) per task of the
-        backbone with weights ``state_dict`` (None: the weights loaded last)."""
-        if state_dict is not None:
-            self.backbone.load_weights(state_dict)
-        self.calls += 1
-        out = {}
-        for t in tasks or self.tasks:
-            prepared, labels = self._split(t, split)
-            feats = extract_features(self.backbone, prepared, self.batch_size)
-            with torch.inference_mode():
-                pred = self.heads[t](feats).argmax(1)
-            out[t] = pred == labels
-        return out
+    def load(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        self.backbone.load_weights(state_dict)
+
+    def correct_task(self, task: str, split: str) -> torch.Tensor:
+        prepared, labels = self._split(task, split)
+        feats = extract_features(self.backbone, prepared, self.batch_size)
+        with torch.inference_mode():
+            return self.heads[task](feats).argmax(1) == labels
 
     def evaluate(
         self, state_dict: Mapping[str, torch.Tensor], split: str, tasks: Sequence[str] | None = None

@@ -53,13 +53,33 @@ class PerExampleEvaluator(Evaluator, Protocol):
 
 
 class AccuracyFromCorrect:
-    """For a :class:`PerExampleEvaluator`: ``accuracy`` as the mean of ``correct``, one
-    implementation for every suite."""
+    """For a :class:`PerExampleEvaluator`: the one ``correct`` / ``accuracy`` of every suite.
+
+    A suite sets ``self.tasks`` and implements :meth:`load` (weights into its model) and
+    :meth:`correct_task` (per-example correctness of the loaded weights on one task's split);
+    ``calls`` counts evaluations (the equal-budget searches report it)."""
+
+    tasks: list[str]
+    calls: int = 0
+
+    def load(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def correct_task(self, task: str, split: str) -> torch.Tensor:
+        raise NotImplementedError
 
     def correct(
-        self, state_dict: Mapping[str, torch.Tensor] | None, split: str, tasks: Sequence[str]
+        self,
+        state_dict: Mapping[str, torch.Tensor] | None,
+        split: str,
+        tasks: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Per-example correctness (bool, one per example of the split's subset) per task of the
+        model with weights ``state_dict`` (None: the weights loaded last)."""
+        if state_dict is not None:
+            self.load(state_dict)
+        self.calls += 1
+        return {t: self.correct_task(t, split) for t in tasks or self.tasks}
 
     def accuracy(
         self,
@@ -69,8 +89,7 @@ class AccuracyFromCorrect:
     ) -> dict[str, float]:
         """Accuracy per task: the mean of :meth:`correct`."""
         return {
-            t: float(c.float().mean())
-            for t, c in self.correct(state_dict, split, tasks).items()  # type: ignore[arg-type]
+            t: float(c.float().mean()) for t, c in self.correct(state_dict, split, tasks).items()
         }
 
 
