@@ -98,7 +98,7 @@ def main() -> None:
             "load_average_after": [round(x, 2) for x in load_after],
             "stage_wall_s": per_stage,
             "noop_repro_wall_s": [round(x, 2) for x in noop],
-            "budget": {"cold_s": 1200, "noop_s": 2.0},
+            "budget": {"cold_s": 1500, "noop_s": 2.0},  # issue 11: ≤ 25 min cold, ≤ 2 s no-op
         }
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -5,7 +5,13 @@ command lines DVC would build (sections unpacked as ``--key value``). For machin
     python scripts/run_profile.py profiles/vision-gpu.yaml --workdir runs/vision-gpu [--stages fetch heads ...]
 
 A profile with a ``runs`` block (``seeds``, ``sweep``) runs the whole pipeline once per
-fine-tuning budget and seed and aggregates them (mean ± sd): see :func:`run_many`.
+fine-tuning budget and seed and aggregates them (mean ± sd): see :func:`run_many`. Its units are
+independent, so on several GPUs each can be its own process::
+
+    python scripts/run_profile.py P --workdir W --shared
+    python scripts/run_profile.py P --workdir W --list-units   # then, per unit U, on GPU g:
+    CUDA_VISIBLE_DEVICES=g python scripts/run_profile.py P --workdir W --unit U
+    python scripts/run_profile.py P --workdir W --aggregate
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ def stage_commands(
     p: dict[str, Any], finetune_seed: int | None = None
 ) -> list[tuple[str, list[str]]]:
     """(stage name, argv) in pipeline order; argv[0] is the module to run. ``finetune_seed``
-    replaces ``common.seed`` for fine-tuning only (the evaluation subsets stay the same)."""
+    replaces ``common.seed`` for fine-tuning only (the evaluation subsets stay the same), and the
+    soups' extra ingredients are fine-tuned with seeds ``finetune_seed + s`` (s in
+    ``soups.seeds``, each ≥ 1), so no ingredient repeats the unit's own model."""
     c = p["common"]
     scal = [
         "--backbone",
@@ -119,7 +127,8 @@ def stage_commands(
                     p["soups"]["task"],
                     *scal,
                     "--seed",
-                    str(s),
+                    # A unit of seed f souping with seeds f + s keeps its ingredients distinct.
+                    str(s if finetune_seed is None else finetune_seed + s),
                     "--out",
                     f"out/finetune_seeds/{s}",
                 ],
@@ -257,40 +266,73 @@ def budget_label(over: dict[str, Any]) -> str:
     )
 
 
-def run_many(profile: Path, workdir: Path) -> dict[str, float]:
-    """The profile's ``runs`` block: the whole pipeline for every fine-tuning budget of
-    ``runs.sweep`` (overrides of the ``finetune`` section; none: the profile's own) and every
-    seed of ``runs.seeds`` (the fine-tuning seed), each in ``WORKDIR/<budget>/seed<s>``; fetch
-    and heads (which depend on neither) run once and are shared by symlink. Then
-    ``lines.protocol.runs.aggregate`` writes ``WORKDIR/runs.{json,md}`` and
-    ``budget_sweep.png``: mean ± sd over seeds per budget."""
-    from lines.protocol.runs import aggregate
-
+def _runs_spec(profile: Path) -> tuple[dict[str, Any], list[int], list[dict[str, Any]]]:
     params = yaml.safe_load(Path(profile).read_text())
     spec = params.pop("runs", None) or {}
     seeds = [int(x) for x in spec.get("seeds") or [params["common"]["seed"]]]
-    budgets = spec.get("sweep") or [{}]
-    workdir.mkdir(parents=True, exist_ok=True)
+    return params, seeds, spec.get("sweep") or [{}]
+
+
+def units(profile: Path) -> list[str]:
+    """The ``runs`` block's units, ``<budget>/seed<s>``: each a whole pipeline run, independent of
+    the others once the shared stages ran (so each may run on its own GPU or machine)."""
+    _, seeds, budgets = _runs_spec(profile)
+    return [f"{budget_label(b)}/seed{s}" for b in budgets for s in seeds]
+
+
+def run_shared(profile: Path, workdir: Path) -> dict[str, float]:
+    """fetch and heads, which depend on neither the budget nor the seed, in ``WORKDIR/shared``.
+    A machine without the asset packages (the GPU runner) brings a fetched folder along:
+    ``WORKDIR/shared/data/fetch`` made by ``python -m lines.pipeline.fetch`` elsewhere."""
+    params, _, _ = _runs_spec(profile)
     shared = workdir / "shared"
-    # A machine without the asset packages (the GPU runner) brings a fetched folder along:
-    # WORKDIR/shared/data/fetch made by `python -m lines.pipeline.fetch` elsewhere.
     pre = ["heads"] if (shared / "data" / "fetch" / "fetch.json").is_file() else ["fetch", "heads"]
-    times = {f"shared:{k}": v for k, v in run(params, shared, pre).items()}
+    return {f"shared:{k}": v for k, v in run(params, shared, pre).items()}
+
+
+def run_unit(profile: Path, workdir: Path, unit: str) -> dict[str, float]:
+    """One unit (``<budget>/seed<s>``) in ``WORKDIR/<budget>/seed<s>``, sharing ``WORKDIR/shared``'s
+    data and heads by symlink."""
+    params, seeds, budgets = _runs_spec(profile)
+    by_label = {budget_label(b): b for b in budgets}
+    label, _, seed_s = unit.partition("/")
+    if label not in by_label or not seed_s.startswith("seed"):
+        raise SystemExit(f"unknown unit '{unit}' (units: {', '.join(units(profile))})")
+    seed = int(seed_s.removeprefix("seed"))
+    p = {**params, "finetune": {**params["finetune"], **by_label[label]}}
+    wd, shared = workdir / label / f"seed{seed}", workdir / "shared"
+    for rel in ("data/fetch", "out/heads"):
+        link = wd / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to((shared / rel).resolve(), target_is_directory=True)
+    t = run(p, wd, None, seed, skip=("fetch", "heads"))
+    return {f"{unit}:{k}": v for k, v in t.items()}
+
+
+def aggregate_units(profile: Path, workdir: Path) -> None:
+    """``lines.protocol.runs.aggregate`` over the units' reports: ``WORKDIR/runs.{json,md}`` and
+    ``budget_sweep.png`` (mean ± sd over seeds per budget)."""
+    from lines.protocol.runs import aggregate
+
     reports: dict[str, list[Path]] = {}
-    for over in budgets:
-        label = budget_label(over)
-        p = {**params, "finetune": {**params["finetune"], **over}}
-        for seed in seeds:
-            wd = workdir / label / f"seed{seed}"
-            for rel in ("data/fetch", "out/heads"):
-                link = wd / rel
-                link.parent.mkdir(parents=True, exist_ok=True)
-                if not link.exists():
-                    link.symlink_to((shared / rel).resolve(), target_is_directory=True)
-            t = run(p, wd, None, seed, skip=("fetch", "heads"))
-            times.update({f"{label}/seed{seed}:{k}": v for k, v in t.items()})
-            reports.setdefault(label, []).append(wd / "out" / "report")
+    for u in units(profile):
+        label, _, seed = u.partition("/")
+        reports.setdefault(label, []).append(workdir / label / seed / "out" / "report")
     aggregate(reports, workdir)
+
+
+def run_many(profile: Path, workdir: Path) -> dict[str, float]:
+    """The profile's ``runs`` block, one unit after the other: the whole pipeline for every
+    fine-tuning budget of ``runs.sweep`` (overrides of the ``finetune`` section; none: the
+    profile's own) and every seed of ``runs.seeds`` (the fine-tuning seed), then the aggregate.
+    On several GPUs run the units as separate processes instead (``--shared``, then ``--unit U``
+    per unit with its own ``CUDA_VISIBLE_DEVICES``, then ``--aggregate``)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    times = run_shared(profile, workdir)
+    for u in units(profile):
+        times.update(run_unit(profile, workdir, u))
+    aggregate_units(profile, workdir)
     return times
 
 
@@ -301,10 +343,25 @@ def main() -> None:
     ap.add_argument("profile", type=Path)
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--stages", nargs="+", default=None)
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--list-units", action="store_true", help="print the runs block's units")
+    g.add_argument("--shared", action="store_true", help="only the shared stages (fetch, heads)")
+    g.add_argument("--unit", help="only this unit, <budget>/seed<s> (after --shared)")
+    g.add_argument("--aggregate", action="store_true", help="only the aggregate of the units")
     a = ap.parse_args()
-    has_runs = "runs" in (yaml.safe_load(a.profile.read_text()) or {})
-    if has_runs and not a.stages:
-        times = run_many(a.profile.resolve(), a.workdir)
+    profile = a.profile.resolve()
+    if a.list_units:
+        print("\n".join(units(profile)))
+        return
+    if a.shared:
+        times = run_shared(profile, a.workdir)
+    elif a.unit:
+        times = run_unit(profile, a.workdir, a.unit)
+    elif a.aggregate:
+        aggregate_units(profile, a.workdir)
+        return
+    elif "runs" in (yaml.safe_load(a.profile.read_text()) or {}) and not a.stages:
+        times = run_many(profile, a.workdir)
     else:
         params = yaml.safe_load(a.profile.read_text())
         params.pop("runs", None)

@@ -225,3 +225,23 @@ def test_a_dropped_in_method_runs_through_the_stages(dropped_method, bert_ckpts,
         read_json(tmp_path / "m" / "merge.json")["methods"]["half_sum"]["params"]["scale"] == 0.25
     )
     assert (tmp_path / "m" / "sweeps" / "half_sum-lines.csv").is_file()
+
+
+def test_grid_edge_notes_flag_choices_at_the_grid_edge():
+    from lines.protocol.report import grid_edge_notes
+
+    def method(lam: float, beta: float) -> dict:
+        return {
+            "baseline": {"lambda": lam},
+            "lines": {"beta": beta},
+            "grids": {"lambda": [0.2, 0.4, 0.6], "beta": [0.0, 0.5, 1.0]},
+        }
+
+    merge = {
+        "methods": {"ta": method(0.2, 0.5), "ties": method(0.4, 1.0), "cons": method(0.4, 0.0)}
+    }
+    notes = grid_edge_notes(merge)
+    assert "- ta: λ = 0.2 is the smallest value of its grid" in notes
+    assert "- ties: β = 1 is the largest value of its grid" in notes
+    assert not any("cons" in n for n in notes)  # β = 0 is a real bound, not a clipped optimum
+    assert grid_edge_notes({"methods": {"x": method(0.4, 0.5)}}) == []

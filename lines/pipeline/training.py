@@ -115,7 +115,11 @@ def run_heads(
     if kind not in ("zeroshot", "probe"):
         raise LinesError(f"heads kind '{kind}': choose zeroshot or probe")
     bb = load_backbone(
-        backbone_name, Path(fetch_dir) / "models", max_len=max_len, image_size=image_size
+        backbone_name,
+        Path(fetch_dir) / "models",
+        max_len=max_len,
+        image_size=image_size,
+        device=device,
     )
     if kind == "zeroshot" and not isinstance(bb, TextBackbone):
         raise LinesError(
@@ -208,10 +212,14 @@ def finetune(
     forgetting appears (issue 11)."""
     g = seed_everything(seed)
     bb: Backbone = load_backbone(
-        backbone_name, Path(fetch_dir) / "models", max_len=max_len, image_size=image_size
+        backbone_name,
+        Path(fetch_dir) / "models",
+        max_len=max_len,
+        image_size=image_size,
+        device=device,
     )
     bb.load_weights(load_state_dict(Path(heads_dir) / "backbone.safetensors"))
-    head = load_head(heads_dir, task)
+    head = load_head(heads_dir, task).to(bb.device)  # frozen; on the backbone's device
     tr = read_split(fetch_dir, task, "train").subset(max_train, data_seed)
     va = read_split(fetch_dir, task, "val").subset(max_val, data_seed)
     prep_tr, prep_va = bb.prepare(tr.inputs), bb.prepare(va.inputs)

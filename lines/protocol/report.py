@@ -48,6 +48,34 @@ def verdict(delta: float, tol: float = 0.005) -> str:
     return "no clear difference"
 
 
+def grid_edge_notes(merge: Mapping[str, Any]) -> list[str]:
+    """Warnings for coefficients chosen on val at the edge of their grid (the smallest positive
+    or the largest value): the best value may lie outside it, so Δ compares clipped optima."""
+    notes = []
+    for name, r in merge["methods"].items():
+        grids = r.get("grids") or {}
+        for key, chosen, sym in (
+            ("lambda", r["baseline"]["lambda"], "λ"),
+            ("beta", r["lines"]["beta"], "β"),
+        ):
+            g = [float(x) for x in grids.get(key) or []]
+            if len(g) < 2:
+                continue
+            if chosen == min(g) and min(g) > 0:
+                notes.append(f"- {name}: {sym} = {chosen:g} is the smallest value of its grid")
+            elif chosen == max(g):
+                notes.append(f"- {name}: {sym} = {chosen:g} is the largest value of its grid")
+    if not notes:
+        return []
+    return [
+        "",
+        "Chosen at the edge of the grid (the optimum may lie outside it; widen the grid before "
+        "reading Δ as LiNeS's effect):",
+        "",
+        *notes,
+    ]
+
+
 def merge_table_md(
     merge: Mapping[str, Any], suite_note: str, verdicts: Mapping[str, str] | None = None
 ) -> str:
@@ -67,6 +95,7 @@ def merge_table_md(
             f"{r['beta']:g} | {pct(r['lines_abs'])} | {pct(r['lines_norm'])} | {100 * r['delta_norm']:+.1f} | "
             f"{(verdicts or {}).get(r['method']) or verdict(r['delta_norm'])} |"
         )
+    lines += grid_edge_notes(merge)
     lines += ["", "Per task (test accuracy %, baseline → LiNeS):", ""]
     lines.append("| method | " + " | ".join(tasks) + " |")
     lines.append("|---|" + "---|" * len(tasks))

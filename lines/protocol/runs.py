@@ -37,6 +37,10 @@ def summarise(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "lines_delta_norm": {},
         "edit_control_norm": _mean_sd([m["edit"]["test_control_norm"] for m in metrics]),
         "edit_target_norm": _mean_sd([m["edit"]["test_target_norm"] for m in metrics]),
+        # LiNeS editing's gain in control accuracy (edited − fine-tuned, fraction of zero-shot).
+        "edit_control_gain": _mean_sd(
+            [m["edit"]["test_control_norm"] - m["regime"]["retention"]["value"] for m in metrics]
+        ),
     }
     for name in metrics[0]["merge"] if metrics else []:
         out["lines_delta_norm"][name] = _mean_sd(
@@ -65,14 +69,18 @@ def aggregate(runs: Mapping[str, Sequence[Path]], out_dir: Path) -> dict[str, An
     lines = [
         "Fine-tuning budget sweep: mean ± sd over seeds (%; Δ in points).",
         "",
-        "| budget | fine-tuned acc | control retention | TA normalised | "
-        + " | ".join(f"Δ {m}" for m in methods)
-        + " |",
-        "|---|---|---|---|" + "---|" * len(methods),
+        "Control retention: the fine-tuned models' control accuracy as % of zero-shot (forgetting"
+        " below 100); edited: the same after LiNeS editing (γ on val), with its target accuracy as"
+        " % of the fine-tuned model's; Δ: LiNeS − baseline normalised merging accuracy.",
+        "",
+        "| budget | fine-tuned acc | control retention | edited: control | edited: target | "
+        "TA normalised | " + " | ".join(f"Δ {m}" for m in methods) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(methods),
     ]
     for label, r in res.items():
         lines.append(
             f"| {label} | {ms(r['finetuned_test_avg_acc'])} | {ms(r['retention'])} | "
+            f"{ms(r['edit_control_norm'])} | {ms(r['edit_target_norm'])} | "
             f"{ms(r['task_arithmetic_norm'])} | "
             + " | ".join(ms(r["lines_delta_norm"][m]) for m in methods)
             + " |"
@@ -84,22 +92,36 @@ def aggregate(runs: Mapping[str, Sequence[Path]], out_dir: Path) -> dict[str, An
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+        xs = [100 * r["retention"]["mean"] for r in res.values()]
         for m in methods:
-            xs = [100 * r["retention"]["mean"] for r in res.values()]
             ys = [100 * r["lines_delta_norm"][m]["mean"] for r in res.values()]
             es = [100 * r["lines_delta_norm"][m]["sd"] for r in res.values()]
             ax.errorbar(xs, ys, yerr=es, fmt="o-", capsize=3, label=m)
-        ax.axhline(0, color="gray", lw=0.8)
-        ax.set_xlabel(
-            "control retention of fine-tuned models (% of zero-shot; lower = more forgetting)"
-        )
+        ys = [100 * r["edit_control_gain"]["mean"] for r in res.values()]
+        es = [100 * r["edit_control_gain"]["sd"] for r in res.values()]
+        ax2.errorbar(xs, ys, yerr=es, fmt="s-", capsize=3, color="tab:purple")
+        # Alternate above/below so labels of neighbouring budgets do not overlap.
+        for i, (x, y, label) in enumerate(sorted(zip(xs, ys, res, strict=True))):
+            ax2.annotate(
+                label,
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, 6 if i % 2 else -12),
+                fontsize=7,
+            )
+        xlabel = "control retention of fine-tuned models (% of zero-shot; lower = more forgetting)"
+        for a in (ax, ax2):
+            a.axhline(0, color="gray", lw=0.8)
+            a.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("LiNeS Δ normalised acc (points, mean ± sd over seeds)")
-        ax.set_title(
-            "LiNeS gain against forgetting, one point per fine-tuning budget\n" + ", ".join(res),
-            fontsize=8,
+        ax.set_title("Merging: LiNeS − baseline, one point per budget", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+        ax2.set_ylabel("control gain of LiNeS editing (points of zero-shot)")
+        ax2.set_title("Editing: edited − fine-tuned control accuracy", fontsize=9)
+        fig.suptitle(
+            "LiNeS against forgetting, by fine-tuning budget: " + ", ".join(res), fontsize=9
         )
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.savefig(out_dir / "budget_sweep.png", dpi=120)
         plt.close(fig)
     return res
