@@ -29,13 +29,24 @@ from orchestration.records import (
     editing_record,
     merging_record,
     read_json,
+    schedules_record,
     soups_record,
     wiseft_record,
 )
 from orchestration.tracking import Point, RunRecord
 
 CLIP_DIR = "clip"  # the pipeline's folder inside the project (its dvc.yaml and params.yaml)
-STAGES = ("prepare", "heads", "finetuned_eval", "merge", "edit", "wiseft", "soups", "report")
+STAGES = (
+    "prepare",
+    "heads",
+    "finetuned_eval",
+    "merge",
+    "edit",
+    "wiseft",
+    "soups",
+    "schedules",
+    "report",
+)
 _COMMON = {"suite", "backbone", "tasks", "seed", "seeds"}
 
 
@@ -133,6 +144,8 @@ def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
     s = d / "out/soups/soups.json"
     if s.is_file() and not read_output(s, SoupsResult).get("skipped"):
         _prefixed(soups_record(d, with_policy), "soups", rec, {})
+    if (d / "out/schedules/schedules.json").is_file():
+        _prefixed(schedules_record(d, params), "schedules", rec, {})
     rec.artifacts.append((d / "ckpt/prepare.json", "manifests"))
     rec.artifacts += [
         (p, "manifests/finetuned") for p in sorted((d / "ckpt/finetuned").glob("*.json"))

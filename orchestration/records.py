@@ -269,6 +269,41 @@ def wiseft_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
     return rec
 
 
+def schedules_record(ws: Path, params: Mapping[str, Any]) -> RunRecord:
+    """The schedule comparison: each family's choice on val (params) and its test accuracy and Δ
+    against linear with the interval (metrics), per merge and per edited task."""
+    ws = Path(ws)
+    res = read_output(ws / "out/schedules/schedules.json", schemas.SchedulesResult)
+    rec = _common(ws, params)
+    cfg = params.get("schedules", {})
+    rec.params.update(
+        {
+            "schedules.specs": cfg.get("specs"),
+            "schedules.budget": res["budget"],
+            "schedules.beta_max": cfg.get("beta_max"),
+            "schedules.alpha_mults": res.get("alpha_mults", [1.0]),
+            "schedules.num_blocks": res["num_blocks"],
+        }
+    )
+    for kind, by in (("merging", res["merging"]), ("editing", res["editing"])):
+        for what, rows in by.items():
+            for fam, r in rows.items():
+                key = f"{kind}.{what}.{fam}"
+                rec.params[f"{key}.schedule"] = r["schedule"]
+                for coef in ("alpha", "beta", "gamma"):
+                    if coef in r:
+                        rec.params[f"{key}.{coef}"] = r[coef]
+                for m in ("test_avg_norm", "target_norm", "control_norm", "evaluations"):
+                    if isinstance(r.get(m), int | float):
+                        rec.metrics[f"{key}.{m}"] = float(r[m])
+                for d in ("delta_vs_linear", "delta_target_vs_linear", "delta_control_vs_linear"):
+                    for part, v in (r.get(d) or {}).items():
+                        if part in ("value", "lo", "hi"):
+                            rec.metrics[f"{key}.{d}.{part}"] = float(v)
+    rec.artifacts += [(ws / "out/schedules", "schedules")]
+    return rec
+
+
 def rewarded_soups_record(
     ws: Path, params: Mapping[str, Any], grid: list[dict[str, Any]], out_dir: Path
 ) -> RunRecord:

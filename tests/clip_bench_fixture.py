@@ -235,6 +235,16 @@ def clip_params(bench: Bench, layout: str = "tall_masks", **over: Any) -> dict[s
             "control_tasks": ["SVHN", "EuroSAT"],
             "gammas": [0.5, 1.0],
         },
+        "schedules": {
+            "specs": ["linear", "reversed"],
+            "budget": 2,
+            "beta_max": 1.0,
+            "alpha_mults": [1.0],
+            "methods": ["task_arithmetic"],
+            "edit_tasks": ["MNIST"],
+            "bootstrap": 50,
+            "bootstrap_seed": 0,
+        },
     }
     for k, v in over.items():
         sec, key = k.split(".", 1)

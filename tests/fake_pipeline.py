@@ -196,13 +196,24 @@ def fig1(a):
     points = [{"task": t, "schedule": k, "gamma": g, **tc(t + k, g, "test", a.tasks)}
               for t in a.fig1_tasks for k in ("shallow", "deep") for g in a.gammas]
     wjson(f"{a.out}/fig1.json", {"tasks": a.tasks, "fig_tasks": a.fig1_tasks, "gammas": a.gammas,
-                                 "zeroshot": base["pretrained"]["test"], "points": points})
+                                 "num_blocks": 6, "zeroshot": base["pretrained"]["test"],
+                                 "points": points})
 
 
 def schedules(a):
-    # The real stage needs torch; the fake leaves its output folder empty (the report then has no
-    # schedules section) so the flows' DVC graph still has the stage.
-    Path(a.out).mkdir(parents=True, exist_ok=True)
+    # The real stage needs torch; the fake writes linear and each other family with a made-up
+    # accuracy (no test_correct, so the report shows no interval) in the real schema.
+    fams = sorted({s.split(":")[0] for s in a.specs})
+    row = lambda f, c: {"schedule": f, "evaluations": a.budget, "lambdas": [c] * 6}  # noqa: E731
+    merging = {m: {f: {**row(f, 0.5), "alpha": 0.125, "beta": 0.5, "val_avg_norm": 0.9,
+                       "test_avg_norm": 0.9 - 0.01 * i} for i, f in enumerate(fams)}
+               for m in a.methods}
+    editing = {t: {f: {**row(f, 0.5), "gamma": 0.5, "target_norm": 0.99, "control_norm": 0.95}
+                   for f in fams} for t in a.edit_tasks}
+    wjson(f"{a.out}/schedules.json", {"tasks": a.tasks, "budget": a.budget,
+                                      "families": {f: [f] for f in fams}, "num_blocks": 6,
+                                      "alpha_mults": a.alpha_mults, "merging": merging,
+                                      "editing": editing})
 
 
 def report(a):
@@ -211,7 +222,8 @@ def report(a):
     stub("lines.errors", LinesError=type("LinesError", (Exception,), {}))
     stub("lines.protocol")
     stub("lines.io", write_json_atomic=lambda path, obj: wjson(path, obj))
-    for name in ("scores", "results", "schemas", "intervals", "report", "regime", "plots_ci"):
+    for name in ("scores", "results", "schemas", "intervals", "report", "regime", "plots_ci",
+                 "schedules_report"):
         load(f"lines.protocol.{name}", f"lines/protocol/{name}.py")
     m = load("_report", "lines/pipeline/report.py")
     m.run_report(a.base_eval, a.heads / "heads.json", a.edit, a.merge, a.soups, a.wiseft, a.out,

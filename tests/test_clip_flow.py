@@ -172,6 +172,11 @@ def test_clip_benchmark_flow_end_to_end(
     # --- the report's numbers are the JSON's --------------------------------------------------
     metrics = json.loads((out / "report/metrics.json").read_text())
     report = (out / "report/report.md").read_text()
+    # --- the schedule comparison ran on this suite (issue 14) and reached the report --------
+    sch = json.loads((out / "schedules/schedules.json").read_text())
+    assert set(sch["merging"]["task_arithmetic"]) == {"linear", "reversed"}
+    assert set(sch["editing"]["MNIST"]) == {"linear", "reversed"}
+    assert "Is linear layer scaling optimal?" in report and "schedules" in metrics
     for name, r in merge["methods"].items():
         mm = metrics["merge"][name]
         assert mm["test_avg_acc"] == r["baseline"]["test_avg_acc"]

@@ -468,4 +468,10 @@ def test_soups_wiseft_and_editing_flows_record_their_points(
     assert len(children) == 4 * 2
     avg = e["average_at_best"]["test_target_norm"]
     assert run.data.metrics["average_at_best.test_target_norm"] == avg
-    assert {"t-soups", "t-wiseft", "t-edit"} <= set(dvc_exps(project))
+    from flows.schedules import schedules
+
+    schedules(workspace=str(project), name="t-sched", budget=4, alpha_mults=[0.5, 1.0])
+    run, _ = mlflow_run(mlflow_uri, "lines-schedules", "t-sched")
+    assert run.data.params["schedules.alpha_mults"] == "[0.5, 1.0]"
+    assert "merging.task_arithmetic.linear.test_avg_norm" in run.data.metrics
+    assert {"t-soups", "t-wiseft", "t-edit", "t-sched"} <= set(dvc_exps(project))

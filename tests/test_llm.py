@@ -259,6 +259,19 @@ def test_finetune_edit_merge_end_to_end(tmp_path: Path, monkeypatch: pytest.Monk
     assert ta["lines"]["alpha"] == pytest.approx(0.5)  # α = 1/N for task arithmetic (L1 rule)
     assert mg["num_blocks"] == 2 and mg["suite"] == "llm"
     assert 0.0 <= ta["baseline"]["test_avg_acc"] <= 1.0
+    # the schedule comparison runs on this suite through the same protocol
+    sch = stages.run(
+        P.parse_args(
+            ["schedules", *common, *io, "--specs", "linear", "reversed", "--budget", "4"]
+            + ["--beta_max", "1.0", "--alpha_mults", "0.5", "1.0", "--methods", "task_arithmetic"]
+            + ["--edit_tasks", tasks[0], "--bootstrap", "50", "--out", str(tmp_path / "sch")]
+        )
+    )
+    rows = sch["merging"]["task_arithmetic"]
+    assert set(rows) == {"linear", "reversed"} and all(r["evaluations"] <= 4 for r in rows.values())
+    assert rows["linear"]["alpha_rule"] == pytest.approx(0.5)
+    assert set(sch["editing"][tasks[0]]) == {"linear", "reversed"}
+    assert (tmp_path / "sch" / "schedules.json").is_file()
 
 
 def test_evaluator_correct_matches_accuracy(

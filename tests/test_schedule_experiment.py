@@ -11,13 +11,13 @@ import torch
 from conftest import write_family
 
 from lines.protocol.schedules import (
-    answer,
     block_norms,
     candidates,
     families_of,
+    merge_candidates,
     run_schedules,
-    schedules_md,
 )
+from lines.protocol.schedules_report import answer, schedules_md
 from lines.protocol.suite import Workbench
 from lines.scaling import lines_lambdas
 
@@ -67,6 +67,22 @@ def test_candidates_keep_the_budget() -> None:
     assert len(c) == 4 and all(b == 0.5 for _, b in c)
 
 
+def test_merge_candidates_share_the_budget_with_alpha() -> None:
+    lin = families_of(["linear"])["linear"]
+    # the rule alone: the β grid of `candidates`
+    c = merge_candidates(lin, 6, 1.0)
+    assert [m for _, m, _ in c] == [1.0] * 6
+    assert [b for _, _, b in c] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    # three α multipliers in the same 6 evaluations: 2 β values each
+    c = merge_candidates(lin, 6, 1.0, [0.5, 1.0, 2.0])
+    assert [(m, b) for _, m, b in c] == [
+        (0.5, 0.0), (0.5, 1.0), (1.0, 0.0), (1.0, 1.0), (2.0, 0.0), (2.0, 1.0)
+    ]  # fmt: skip
+    power = families_of(["power:p=0.5", "power:p=2"])["power"]
+    c = merge_candidates(power, 4, 1.0, [0.5, 1.0])  # 2 settings × 2 α × 1 β (mid-range)
+    assert len(c) == 4 and {b for _, _, b in c} == {0.5}
+
+
 def test_block_norms_by_hand() -> None:
     base = {"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([0.0, 2.0])}
     tau = {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([2.0, 0.0])}
@@ -102,6 +118,13 @@ def test_run_schedules_end_to_end(tmp_path) -> None:
             "edit_tasks": ["t1"],
         }
         res = run_schedules(wb, base, tasks, fts, cfg, tmp_path / "out", n_boot=200)
+        cfg_a = dict(cfg, specs=["linear"], edit_tasks=[], alpha_mults=[0.5, 1.0, 2.0])
+        res_a = run_schedules(wb, base, tasks, fts, cfg_a, tmp_path / "out_a", n_boot=50)
+    lin_a = res_a["merging"]["task_arithmetic"]["linear"]
+    assert lin_a["alpha_rule"] == pytest.approx(1 / 3) and lin_a["evaluations"] == 6
+    assert any(lin_a["alpha"] == pytest.approx(m / 3) for m in (0.5, 1.0, 2.0))
+    assert lin_a["lambdas"] == lines_lambdas(wb.L, lin_a["alpha"], lin_a["beta"])
+    assert "α searched as the rule's α × 0.5, 1, 2" in schedules_md(res_a)
     rows = res["merging"]["task_arithmetic"]
     assert set(rows) == {"linear", "reversed", "power", "measured"}
     assert all(r["evaluations"] <= 6 for r in rows.values())
@@ -121,9 +144,9 @@ def test_run_schedules_end_to_end(tmp_path) -> None:
 
 
 def test_answer_names_ties_and_flat_choices() -> None:
-    row = {"schedule": "x", "beta": 0.0, "val_avg_norm": 0.9}
+    row = {"schedule": "x", "alpha": 0.125, "beta": 0.0, "val_avg_norm": 0.9}
     flat = {"merging": {"ta": {"linear": dict(row), "power": dict(row, schedule="power:p=2.0")}}}
-    assert "every schedule chose β = 0" in answer(flat)
+    assert "every schedule chose β = 0 on val (a uniform λ = α = 0.125)" in answer(flat)
     d = {"value": 0.01, "lo": -0.01, "hi": 0.03}
     tie = {
         "merging": {

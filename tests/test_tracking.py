@@ -157,3 +157,43 @@ def test_param_values_are_exact() -> None:
     assert tracking._param_value([0.5, 1]) == "[0.5, 1]"
     assert tracking.flatten({"a": {"b": 1, "c": {"d": 2}}}) == {"a.b": 1, "a.c.d": 2}
     assert tracking.mlflow_key("trec.wiseft+lines.gamma=0.5") == "trec.wiseft_lines.gamma_0.5"
+
+
+def test_schedules_record_reads_the_stage_output(tmp_path: Path) -> None:
+    """The schedules flow's MLflow record: each family's choice as params, its test accuracy and
+    Δ against linear (with the interval) as metrics, exactly the numbers of schedules.json."""
+    from lines.protocol import schemas
+    from lines.protocol.schemas import write_output
+    from orchestration.records import schedules_record
+
+    row = {"schedule": "linear", "evaluations": 4, "lambdas": [0.1, 0.2], "alpha": 0.125}
+    res = {
+        "tasks": ["a", "b"],
+        "budget": 4,
+        "families": {"linear": ["linear"], "power": ["power:p=2.0"]},
+        "num_blocks": 2,
+        "alpha_mults": [0.5, 1.0],
+        "merging": {
+            "task_arithmetic": {
+                "linear": {**row, "beta": 0.5, "test_avg_norm": 0.9},
+                "power": {
+                    **row,
+                    "schedule": "power:p=2.0",
+                    "beta": 1.0,
+                    "test_avg_norm": 0.93,
+                    "delta_vs_linear": {"value": 0.03, "lo": 0.01, "hi": 0.05},
+                },
+            }
+        },
+        "editing": {"a": {"linear": {**row, "gamma": 0.25, "target_norm": 0.99}}},
+    }
+    write_output(tmp_path / "out/schedules/schedules.json", schemas.SchedulesResult, res)
+    params = {"common": {"tasks": ["a", "b"]}, "schedules": {"specs": ["linear", "power:p=2"]}}
+    rec = schedules_record(tmp_path, params)
+    assert rec.params["schedules.alpha_mults"] == [0.5, 1.0]
+    assert rec.params["merging.task_arithmetic.power.schedule"] == "power:p=2.0"
+    assert rec.params["merging.task_arithmetic.power.beta"] == 1.0
+    assert rec.metrics["merging.task_arithmetic.power.test_avg_norm"] == 0.93
+    assert rec.metrics["merging.task_arithmetic.power.delta_vs_linear.lo"] == 0.01
+    assert rec.params["editing.a.linear.gamma"] == 0.25
+    assert rec.metrics["editing.a.linear.target_norm"] == 0.99

@@ -26,7 +26,14 @@ from pydantic import (
 )
 
 from lines.errors import LinesError
-from lines.pipeline.config import BlockPolicy, Device, Merge, each_checked, error_line
+from lines.pipeline.config import (
+    BlockPolicy,
+    Device,
+    Merge,
+    Schedules,
+    each_checked,
+    error_line,
+)
 
 
 class _Section(BaseModel):
@@ -102,6 +109,13 @@ class ClipSoups(_Section):
     gammas: list[NonNegativeFloat] = Field(min_length=1)
 
 
+class ClipSchedules(Schedules):
+    """The embedded pipeline's ``schedules`` section, plus the bootstrap of its intervals."""
+
+    bootstrap: PositiveInt = 1000
+    bootstrap_seed: int = 0
+
+
 class ClipParams(_Section):
     """The whole ``clip/params.yaml`` (``clip/dvc.yaml`` unpacks each section as options)."""
 
@@ -113,6 +127,7 @@ class ClipParams(_Section):
     edit: ClipEdit
     wiseft: ClipWiseft
     soups: ClipSoups
+    schedules: ClipSchedules | None = None
 
 
 def validate_clip_params(data: Mapping[str, Any], source: str = "clip/params.yaml") -> ClipParams:

@@ -12,6 +12,7 @@ from lines.protocol import report as shared
 from lines.protocol import schemas
 from lines.protocol.report import pct
 from lines.protocol.results import read_csv, read_json
+from lines.protocol.schedules_report import schedules_md, schedules_metrics
 from lines.protocol.schemas import read_output, write_output
 from lines.protocol.scores import mean
 
@@ -102,6 +103,7 @@ def run_report(
     edit: Path,
     wiseft: Path,
     soups: Path,
+    schedules: Path | None = None,
 ) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,10 @@ def run_report(
     ws = None if ws.get("skipped") else ws
     sp = None if sp.get("skipped") else sp
     tasks = mg["tasks"]
+    sch_path = Path(schedules) / "schedules.json" if schedules else None
+    sch = (
+        read_output(sch_path, schemas.SchedulesResult) if sch_path and sch_path.is_file() else None
+    )
 
     metrics: dict[str, Any] = {
         "model": model,
@@ -129,6 +135,8 @@ def run_report(
         metrics["wiseft"] = shared.wiseft_metrics(ws)
     if sp:
         metrics["soups"] = shared.soups_metrics(sp)
+    if sch:
+        metrics["schedules"] = schedules_metrics(sch)
     metrics = write_output(out / "metrics.json", schemas.ReportMetrics, metrics)
 
     note = f"{model or 'CLIP'} image tower, zero-shot heads"
@@ -157,6 +165,9 @@ def run_report(
         parts += ["## WiSE-FT", "", wiseft_table_md(ws), ""]
     if sp:
         parts += ["## Soups", "", shared.soups_table_md(sp), ""]
+    if sch:
+        parts += ["## Is linear layer scaling optimal? (schedules at an equal budget)", ""]
+        parts += [schedules_md(sch), ""]
     made = shared.plots(
         out,
         mg,

@@ -225,6 +225,23 @@ def run_soups(a: argparse.Namespace, ckpt: Path, heads: Path, out: Path) -> dict
         return ps.run_soups(b.wb, members, task, controls, a.gammas, out)
 
 
+def run_schedules(
+    a: argparse.Namespace, ckpt: Path, heads: Path, base_eval: Path, out: Path
+) -> dict[str, Any]:
+    """Is linear optimal? Every schedule at an equal val budget against linear, for merging the
+    suite and editing ``edit_tasks`` (``lines.protocol.schedules.run_schedules``)."""
+    from lines.protocol.schedules import run_schedules as schedules
+
+    tasks = resolve_tasks(a.suite, a.tasks)
+    cfg = {**vars(a), "edit_tasks": resolve_tasks(a.suite, a.edit_tasks) if a.edit_tasks else []}
+    with Bench(a, ckpt, heads) as b:
+        fts = {t: b.ck.for_task(t) for t in tasks}
+        base = read_output(base_eval, BaseEval)
+        return schedules(
+            b.wb, base, tasks, fts, cfg, out, n_boot=a.bootstrap, boot_seed=a.bootstrap_seed
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 
@@ -346,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control_tasks", nargs="*", default=[])
     p.add_argument("--gammas", nargs="+", type=float, required=True)
 
+    from lines.protocol.schedules import add_options as add_schedules_options
+
+    p = sub.add_parser("schedules", help="every λ(ℓ) schedule at an equal val budget vs linear")
+    _common(p)
+    _io(p, "ckpt", "heads_dir", "base_eval")
+    add_schedules_options(p)
+    add_method_options(p, skip={"seed"}, grid_nargs="*")
+
     p = sub.add_parser("report", help="report.md, metrics.json, tables and plots")
     p.add_argument("--model", default="")
     p.add_argument("--suite", default="8")
@@ -354,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base_eval", type=Path, default=Path("out/eval/base.json"))
     for n in ("merge", "edit", "wiseft", "soups"):
         p.add_argument(f"--{n}", type=Path, default=Path(f"out/{n}"))
+    p.add_argument("--schedules", type=Path, default=None, help="schedules stage output folder")
     p.add_argument("--out", type=Path, required=True)
     return ap
 
@@ -405,6 +431,8 @@ def run(a: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
         return run_wiseft(a, a.ckpt, a.heads_dir, a.out)
     if a.stage == "soups":
         return run_soups(a, a.ckpt, a.heads_dir, a.out)
+    if a.stage == "schedules":
+        return run_schedules(a, a.ckpt, a.heads_dir, a.base_eval, a.out)
     if a.stage == "report":
         from lines.clip.report import run_report
 
@@ -419,6 +447,7 @@ def run(a: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
             edit=a.edit,
             wiseft=a.wiseft,
             soups=a.soups,
+            schedules=a.schedules,
         )
     raise LinesError(f"unknown stage {a.stage}")  # pragma: no cover - argparse refuses it
 

@@ -162,6 +162,27 @@ def run_merge(
         return pm.run_merge(b, read_json(base_eval), a.tasks, fts, vars(a), out, header=header)
 
 
+def run_schedules(
+    a: argparse.Namespace, base: Path, finetuned_dir: Path, base_eval: Path, out: Path
+) -> dict[str, Any]:
+    """Is linear optimal? (``lines.protocol.schedules.run_schedules``)."""
+    from lines.protocol.schedules import run_schedules as schedules
+
+    ev = evaluator(a, base)
+    fts = {t: ft_path(finetuned_dir, t) for t in a.tasks}
+    with workbench(a, ev, base) as b:
+        return schedules(
+            b,
+            read_json(base_eval),
+            a.tasks,
+            fts,
+            vars(a),
+            out,
+            n_boot=a.bootstrap,
+            boot_seed=a.bootstrap_seed,
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 
@@ -232,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--betas", nargs="+", type=float, required=True, help="LiNeS β grid")
     add_method_options(p, skip={"seed"}, grid_nargs="*")
     p.add_argument("--alpha_norm", default="l1", choices=["l1", "l2"])
+
+    from lines.protocol.schedules import add_options as add_schedules_options
+
+    p = sub.add_parser("schedules", help="every λ(ℓ) schedule at an equal val budget vs linear")
+    _common(p)
+    io(p, True)
+    add_schedules_options(p)
+    add_method_options(p, skip={"seed"}, grid_nargs="*")
     return ap
 
 
@@ -249,6 +278,8 @@ def run(a: argparse.Namespace) -> Any:
         return run_edit(a, a.base, a.finetuned, a.base_eval, a.out)
     if a.stage == "merge":
         return run_merge(a, a.base, a.finetuned, a.base_eval, a.out)
+    if a.stage == "schedules":
+        return run_schedules(a, a.base, a.finetuned, a.base_eval, a.out)
     raise LinesError(f"unknown stage {a.stage}")  # pragma: no cover - argparse refuses it
 
 

@@ -163,6 +163,8 @@ class Schedules(_Section):
     specs: list[str] = Field(min_length=1)
     budget: PositiveInt = 10
     beta_max: Annotated[float, Field(gt=0.0)] = 1.0
+    # merging: α = the rule's α × each multiplier, searched within the same budget ([1]: the rule)
+    alpha_mults: list[Annotated[float, Field(gt=0.0)]] = Field(default_factory=lambda: [1.0])
     methods: list[str] = Field(default_factory=list)
     edit_tasks: list[str] = Field(default_factory=list)
     block_policy: BlockPolicy = "reference"

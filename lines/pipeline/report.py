@@ -29,6 +29,7 @@ from lines.protocol.report import (
     write_merge_table,
 )
 from lines.protocol.results import read_csv, read_json
+from lines.protocol.schedules_report import schedules_md, schedules_metrics
 from lines.protocol.schemas import read_output, write_output
 from lines.protocol.scores import mean
 
@@ -68,9 +69,11 @@ def run_report(
     tasks = merge["tasks"]
     note = SUITE_NOTES.get(suite, "backbone {backbone}").format(backbone=backbone)
     fig1_path = Path(fig1_dir) / "fig1.json" if fig1_dir else None
-    fig1 = read_json(fig1_path) if fig1_path and fig1_path.is_file() else None
+    fig1 = read_output(fig1_path, schemas.Fig1Result) if fig1_path and fig1_path.is_file() else None
     sch_path = Path(schedules_dir) / "schedules.json" if schedules_dir else None
-    sch = read_json(sch_path) if sch_path and sch_path.is_file() else None
+    sch = (
+        read_output(sch_path, schemas.SchedulesResult) if sch_path and sch_path.is_file() else None
+    )
     head_kind = hs.get("kind", "probe")
     model = f"{backbone} ({'zero-shot heads' if head_kind == 'zeroshot' else 'linear-probe heads'})"
     regime = regime_check(base, tasks, merge, n_boot=n_boot, seed=boot_seed)
@@ -138,11 +141,7 @@ def run_report(
     if soups:
         metrics["soups"] = soups_metrics(soups)
     if sch:
-        # Δ average normalised test accuracy of each schedule (chosen on val) against linear
-        metrics["schedules"] = {
-            m: {f: r["delta_vs_linear"]["value"] for f, r in rows.items() if "delta_vs_linear" in r}
-            for m, rows in sch["merging"].items()
-        }
+        metrics["schedules"] = schedules_metrics(sch)
     metrics = write_output(out_dir / "metrics.json", schemas.ReportMetrics, metrics)
 
     parts = [f"# Results: {suite} suite ({note})", ""]
@@ -199,8 +198,6 @@ def run_report(
             )
         parts.append("")
     if sch:
-        from lines.protocol.schedules import schedules_md  # torch-free report tests skip it
-
         parts += ["## Is linear layer scaling optimal? (schedules at an equal budget)", ""]
         parts += [schedules_md(sch), ""]
     if soups:

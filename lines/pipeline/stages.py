@@ -160,14 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _data(p)
     _eval_args(p)
-    p.add_argument("--specs", nargs="+", required=True, help="NAME[:k=v,...] schedules")
-    p.add_argument("--budget", type=int, required=True, help="val evaluations per schedule")
-    p.add_argument("--beta_max", type=float, required=True, help="merging: β ∈ [0, beta_max]")
-    p.add_argument("--methods", nargs="+", default=[], help="merges to rescale")
-    p.add_argument("--edit_tasks", nargs="+", default=[], help="tasks to edit")
+    from lines.protocol.schedules import add_options as add_schedules_options
+
+    add_schedules_options(p)
     p.add_argument("--block_policy", default="reference")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--bootstrap_seed", type=int, default=0)
 
     p = sub.add_parser("report", help="metrics, tables and plots")
     p.add_argument("--fig1", type=Path, default=None, help="fig1 stage output folder")

@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 from lines.merging import make_method
 from lines.merging.methods.wise_ft import WiseFT
 from lines.merging.params import method_params
+from lines.protocol import schemas
 from lines.protocol.intervals import from_examples, unpack_all, verdict
-from lines.protocol.results import write_json
+from lines.protocol.schemas import write_output
 from lines.protocol.scores import edit_score, mean, normalise, select, target_control
 from lines.protocol.suite import Workbench
 from lines.scaling import auto_alpha
@@ -68,6 +69,25 @@ def candidates(
     return [(sched, c) for sched in list(settings)[:budget] for c in coefs]
 
 
+def merge_candidates(
+    settings: Sequence[Schedule],
+    budget: int,
+    beta_max: float,
+    alpha_mults: Sequence[float] = (1.0,),
+) -> list[tuple[Schedule, float, float]]:
+    """(schedule, α multiplier, β) triples of one family within ``budget`` evaluations. With one
+    multiplier (1: α by the rule, the paper's protocol) this is :func:`candidates` over
+    [0, beta_max]; with M multipliers the budget is shared: each setting gets ⌊budget/C⌋
+    evaluations, ⌊that/M⌋ β values per multiplier (at least one), so searching α costs β
+    resolution, never extra evaluations."""
+    mults = [float(m) for m in alpha_mults] or [1.0]
+    per_setting = max(1, budget // len(settings))
+    per = max(1, per_setting // len(mults))
+    betas = [float(c) for c in np.linspace(0.0, beta_max, per)] if per > 1 else [beta_max / 2]
+    out = [(s, m, b) for s in list(settings)[:budget] for m in mults for b in betas]
+    return out[: max(budget, len(mults))]
+
+
 def _correct(bits: Mapping[str, str] | None) -> dict[str, np.ndarray] | None:
     return unpack_all(bits) if bits else None
 
@@ -85,8 +105,9 @@ def run_schedules(
 ) -> dict[str, Any]:
     """The schedule comparison on this suite; writes ``schedules.json``. ``cfg`` is the params'
     ``schedules`` section: ``specs`` (``NAME[:k=v,…]``, several settings of one family allowed),
-    ``budget``, ``beta_max``, ``methods`` (merges to rescale), ``edit_tasks``; method parameters
-    under their pipeline keys as in ``merge``."""
+    ``budget``, ``beta_max``, ``alpha_mults`` (merging: α = the rule's α × each multiplier, within
+    the same budget; default [1]: the rule alone), ``methods`` (merges to rescale), ``edit_tasks``;
+    method parameters under their pipeline keys as in ``merge``."""
     families = families_of(cfg["specs"])
     budget = int(cfg["budget"])
     ft_val = {t: base["finetuned"][t]["val"][t] for t in tasks}
@@ -101,6 +122,7 @@ def run_schedules(
         "budget": budget,
         "families": {f: [x.spec() for x in g] for f, g in families.items()},
         "num_blocks": bench.L,
+        "alpha_mults": [float(m) for m in cfg.get("alpha_mults") or (1.0,)],
         "merging": {},
         "editing": {},
     }
@@ -113,15 +135,26 @@ def run_schedules(
         rows: dict[str, Any] = {}
         for fam, settings in tqdm(families.items(), desc=f"schedules {name}", leave=False):
             tried = []
-            for sched, beta in candidates(settings, budget, 0.0, float(cfg["beta_max"])):
-                lam = sched.lambdas(bench.L, alpha, beta, bn)
+            for sched, mult, beta in merge_candidates(
+                settings, budget, float(cfg["beta_max"]), cfg.get("alpha_mults") or (1.0,)
+            ):
+                lam = sched.lambdas(bench.L, alpha * mult, beta, bn)
                 acc = bench.accuracy(bench.theta(tau, lam), "val", tasks)
-                tried.append({"sched": sched, "beta": beta, "lambdas": lam, "val": acc})
+                tried.append(
+                    {
+                        "sched": sched,
+                        "alpha": alpha * mult,
+                        "beta": beta,
+                        "lambdas": lam,
+                        "val": acc,
+                    }
+                )
             best = select(tried, lambda r: mean(normalise(r["val"], ft_val).values()))
             acc, bits = bench.scored(bench.theta(tau, best["lambdas"]), "test", tasks)
             rows[fam] = {
                 "schedule": best["sched"].spec(),
-                "alpha": alpha,
+                "alpha": best["alpha"],
+                "alpha_rule": alpha,
                 "beta": best["beta"],
                 "lambdas": best["lambdas"],
                 "evaluations": len(tried),
@@ -160,8 +193,7 @@ def run_schedules(
         _edit_intervals(rows, t, controls, bits_ft.get(t), bits_zs, n_boot, boot_seed)
         res["editing"][t] = rows
         del tau
-    write_json(Path(out_dir) / "schedules.json", res)
-    return res
+    return write_output(Path(out_dir) / "schedules.json", schemas.SchedulesResult, res)
 
 
 def _merge_intervals(
@@ -214,74 +246,21 @@ def _edit_intervals(
         )
 
 
-def schedules_md(res: Mapping[str, Any]) -> str:
-    """The tables and the one-paragraph answer: is linear optimal here?"""
-    out = [
-        f"Every schedule searched with at most {res['budget']} val evaluations; test accuracy "
-        "with Δ against linear (95% paired-bootstrap interval).",
-        "",
-    ]
-    for name, rows in res["merging"].items():
-        out += [
-            f"**Merging, {name}** (average normalised test accuracy, %)",
-            "",
-            "| schedule (chosen on val) | β | evals | test norm | Δ vs linear | verdict |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in rows.values():
-            d = r.get("delta_vs_linear")
-            ds = (
-                f"{100 * d['value']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
-                if d
-                else "–"
-            )
-            out.append(
-                f"| `{r['schedule']}` | {r['beta']:.3g} | {r['evaluations']} | "
-                f"{100 * r['test_avg_norm']:.1f} | {ds} | {r.get('verdict', 'reference')} |"
-            )
-        out.append("")
-    for t, rows in res["editing"].items():
-        out += [
-            f"**Editing, {t}** (test target / control, normalised, %)",
-            "",
-            "| schedule (chosen on val) | γ | evals | target | control | verdict |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in rows.values():
-            out.append(
-                f"| `{r['schedule']}` | {r['gamma']:.3g} | {r['evaluations']} | "
-                f"{100 * r['target_norm']:.1f} | {100 * r['control_norm']:.1f} | "
-                f"{r.get('verdict', 'reference')} |"
-            )
-        out.append("")
-    out += ["**Is linear optimal here?** " + answer(res), ""]
-    return "\n".join(out)
-
-
-def answer(res: Mapping[str, Any]) -> str:
-    """One sentence per merge: the best schedule on val and whether it beats linear on test;
-    says so when the choice is a tie or when every schedule chose β = 0 (a uniform λ = α, so the
-    shapes were never put to the test)."""
-    parts = []
-    for name, rows in res["merging"].items():
-        if rows and all(r["beta"] == 0 for r in rows.values()):
-            parts.append(
-                f"for {name}, every schedule chose β = 0 on val (a uniform λ = α): at this α the "
-                "depth profile did not help, so this run does not rank the shapes"
-            )
-            continue
-        best = max(rows, key=lambda f: rows[f]["val_avg_norm"])
-        r = rows[best]
-        lin = rows.get("linear", {}).get("val_avg_norm")
-        if best == "linear" or "delta_vs_linear" not in r or r["val_avg_norm"] == lin:
-            parts.append(f"for {name}, no schedule beats linear on val")
-            continue
-        d = r["delta_vs_linear"]
-        parts.append(
-            f"for {name}, `{r['schedule']}` is best on val and on test it is "
-            f"{100 * d['value']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] against "
-            f"linear ({r['verdict']})"
-        )
-    if not parts:
-        return "no merge was compared."
-    return "; ".join(parts) + "."
+def add_options(p: Any) -> None:
+    """The ``schedules`` section's command-line options (an ``argparse`` parser), the same in
+    every suite's ``schedules`` stage; the parsed namespace (``vars``) is :func:`run_schedules`'s
+    ``cfg``."""
+    p.add_argument("--specs", nargs="+", required=True, help="NAME[:k=v,...] schedules")
+    p.add_argument("--budget", type=int, required=True, help="val evaluations per schedule")
+    p.add_argument("--beta_max", type=float, required=True, help="merging: β ∈ [0, beta_max]")
+    p.add_argument(
+        "--alpha_mults",
+        nargs="+",
+        type=float,
+        default=[1.0],
+        help="merging: α = the rule's α × each (searched within the budget; 1: the rule)",
+    )
+    p.add_argument("--methods", nargs="+", default=[], help="merges to rescale")
+    p.add_argument("--edit_tasks", nargs="+", default=[], help="tasks to edit")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--bootstrap_seed", type=int, default=0)

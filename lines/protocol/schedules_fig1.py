@@ -22,7 +22,9 @@ from tqdm.auto import tqdm
 
 from lines.errors import LinesError
 from lines.merging.methods.wise_ft import WiseFT
-from lines.protocol.results import write_csv, write_json
+from lines.protocol import schemas
+from lines.protocol.results import write_csv
+from lines.protocol.schemas import write_output
 from lines.protocol.scores import target_control
 from lines.protocol.suite import Workbench
 from lines.scaling import single_task_lambdas
@@ -94,6 +96,5 @@ def run_fig1(
         "finetuned_ref": {t: base["finetuned"][t]["test"][t] for t in fig_tasks},
         "points": points,
     }
-    write_json(Path(out_dir) / "fig1.json", res)
     write_csv(Path(out_dir) / "fig1_sweep.csv", rows)
-    return res
+    return write_output(Path(out_dir) / "fig1.json", schemas.Fig1Result, res)

@@ -1,5 +1,6 @@
 """Typed, versioned schemas of the stage outputs: ``base.json`` (base_eval / finetuned_eval),
-``merge.json``, ``edit.json``, ``soups.json``, ``wiseft.json`` and the report's ``metrics.json``.
+``merge.json``, ``edit.json``, ``soups.json``, ``wiseft.json``, ``fig1.json``, ``schedules.json``
+and the report's ``metrics.json``.
 
 Every suite writes these through :func:`write_output` and every reader (reports, MLflow records)
 reads them through :func:`read_output`, so a field renamed in one place fails at once, with one
@@ -140,6 +141,44 @@ class WiseftResult(Skippable):
     gammas: list[float]
     lines_gamma: float | None = None
     rows: list[WiseftRow]
+
+
+class Fig1Point(_Part):
+    task: str
+    schedule: str
+    gamma: float
+    target_norm: float
+    control_norm: float
+
+
+class Fig1Result(StageOutput):
+    """The paper's Figure 1 (``lines.protocol.schedules_fig1``): shallow vs deep layers downscaled."""
+
+    file: ClassVar[str] = "fig1.json"
+    tasks: list[str]
+    fig_tasks: list[str]
+    gammas: list[float]
+    num_blocks: int
+    points: list[Fig1Point]
+
+
+class ScheduleRow(_Part):
+    schedule: str
+    evaluations: int
+    lambdas: list[float]
+
+
+class SchedulesResult(StageOutput):
+    """The schedule comparison (``lines.protocol.schedules``): per merge and per edited task, each
+    family's best schedule on val, reported on test against linear."""
+
+    file: ClassVar[str] = "schedules.json"
+    tasks: list[str]
+    budget: int
+    families: dict[str, list[str]]
+    num_blocks: int
+    merging: dict[str, dict[str, ScheduleRow]]
+    editing: dict[str, dict[str, ScheduleRow]]
 
 
 class ReportMetrics(StageOutput):
