@@ -185,6 +185,14 @@ def stage_commands(
     cmds.append(
         ("fig1", [st, "fig1", *common, *data, *unpack(p["fig1"]), *evalp, "--out", "out/fig1"])
     )
+    if p.get("learned"):
+        cmds.append(
+            (
+                "learned",
+                [st, "learned", *common, *data, *unpack(p["learned"]), *evalp]
+                + ["--out", "out/learned"],
+            )
+        )
     if p.get("schedules"):
         cmds.append(
             (
@@ -207,6 +215,7 @@ def stage_commands(
                 "--fig1",
                 "out/fig1",
                 *(["--schedules", "out/schedules"] if p.get("schedules") else []),
+                *(["--learned", "out/learned"] if p.get("learned") else []),
                 "--heads",
                 "out/heads",
                 "--base_eval",

@@ -96,6 +96,8 @@ def parser():
     stub("lines")
     stub("lines.errors", LinesError=type("LinesError", (Exception,), {}))
     stub("lines.merging.options", add_method_options=add_method_options)
+    stub("lines.protocol")
+    load("lines.protocol.options", "lines/protocol/options.py")
     return load("_stages", "lines/pipeline/stages.py").build_parser()
 
 
@@ -216,6 +218,23 @@ def schedules(a):
                                       "editing": editing})
 
 
+def learned(a):
+    # Made-up accuracies and costs in the real schema (no test_correct: no intervals).
+    base = json.loads(Path(a.base_eval).read_text())
+    ft = {t: base["finetuned"][t]["test"][t] for t in a.tasks}
+    methods = {}
+    for i, m in enumerate(a.methods):
+        acc = {t: tc(t + m, 0.5, "test", a.tasks)["target_acc"] for t in a.tasks}
+        norm = {t: acc[t] / ft[t] for t in a.tasks}
+        methods[m] = {"test_acc": acc, "test_norm": norm,
+                      "test_avg_acc": sum(acc.values()) / len(acc),
+                      "test_avg_norm": sum(norm.values()) / len(norm),
+                      "cost": {"wall_s": 1.0 + i, "forward": 100 * (i + 1), "backward": 10 * i,
+                               "held_bytes": 2**20 * (i + 2), "cuda_peak_bytes": None}}
+    wjson(f"{a.out}/learned.json", {"tasks": a.tasks, "num_blocks": 6, "device": "cpu",
+                                    "adamerging_inputs": a.adamerging_inputs, "methods": methods})
+
+
 def report(a):
     # The real report code (lines/protocol/*, lines/pipeline/report.py) loaded from its files.
     stub("lines")
@@ -223,12 +242,12 @@ def report(a):
     stub("lines.protocol")
     stub("lines.io", write_json_atomic=lambda path, obj: wjson(path, obj))
     for name in ("scores", "results", "schemas", "intervals", "report", "regime", "plots_ci",
-                 "schedules_report"):
+                 "schedules_report", "learned_report"):
         load(f"lines.protocol.{name}", f"lines/protocol/{name}.py")
     m = load("_report", "lines/pipeline/report.py")
     m.run_report(a.base_eval, a.heads / "heads.json", a.edit, a.merge, a.soups, a.wiseft, a.out,
                  suite=a.suite, backbone=a.backbone, fig1_dir=a.fig1, schedules_dir=a.schedules,
-                 n_boot=a.bootstrap)
+                 learned_dir=a.learned, n_boot=a.bootstrap)
 
 
 def main():
@@ -252,7 +271,7 @@ def main():
             (a.out / "model.safetensors").write_bytes(f"{a.task} {a.seed} {a.lr}".encode())
         else:
             {"base_eval": base_eval, "merge": merge, "edit": edit, "soups": soups,
-             "wiseft": wiseft, "fig1": fig1, "schedules": schedules,
+             "wiseft": wiseft, "fig1": fig1, "schedules": schedules, "learned": learned,
              "report": report}[stage](a)
     trace("end", label)
 

@@ -59,6 +59,7 @@ from lines.errors import LinesError
 from lines.merging.options import add_method_options
 from lines.protocol import merge as pm
 from lines.protocol import single as ps
+from lines.protocol.options import add_schedules_options
 from lines.protocol.results import write_csv, write_json
 from lines.protocol.schemas import BaseEval, SoupsResult, WiseftResult, read_output, write_output
 from lines.protocol.stage import run_stage
@@ -362,8 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soup_task", default="")
     p.add_argument("--control_tasks", nargs="*", default=[])
     p.add_argument("--gammas", nargs="+", type=float, required=True)
-
-    from lines.protocol.schedules import add_options as add_schedules_options
 
     p = sub.add_parser("schedules", help="every λ(ℓ) schedule at an equal val budget vs linear")
     _common(p)

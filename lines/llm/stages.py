@@ -42,6 +42,7 @@ from lines.llm.evaluate import LLMEvaluator
 from lines.merging.options import add_method_options
 from lines.protocol import merge as pm
 from lines.protocol import single as ps
+from lines.protocol.options import add_schedules_options
 from lines.protocol.results import read_json, write_json
 from lines.protocol.suite import SPLITS, Workbench
 
@@ -253,8 +254,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--betas", nargs="+", type=float, required=True, help="LiNeS β grid")
     add_method_options(p, skip={"seed"}, grid_nargs="*")
     p.add_argument("--alpha_norm", default="l1", choices=["l1", "l2"])
-
-    from lines.protocol.schedules import add_options as add_schedules_options
 
     p = sub.add_parser("schedules", help="every λ(ℓ) schedule at an equal val budget vs linear")
     _common(p)

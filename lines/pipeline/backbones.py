@@ -78,6 +78,9 @@ class Backbone:
     ) -> Iterator[Batch]:
         raise NotImplementedError
 
+    def batch_of(self, prepared: Any, idx: Sequence[int]) -> Batch:
+        raise NotImplementedError
+
     def features(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
@@ -115,20 +118,24 @@ class TextBackbone(Backbone):
         else:
             # Evaluation: sort by length so each batch pads little (2-4x faster on short texts).
             order = sorted(range(n), key=lambda i: len(prepared[i]))
-        pad = self.tokenizer.pad_token_id or 0
         for s in range(0, n, batch_size):
-            idx = order[s : s + batch_size]
-            width = max(len(prepared[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            att = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                seq = prepared[i]
-                ids[r, : len(seq)] = torch.tensor(seq)
-                att[r, : len(seq)] = 1
-            yield Batch(
-                {"input_ids": ids.to(self.device), "attention_mask": att.to(self.device)},
-                torch.tensor(idx),
-            )
+            yield self.batch_of(prepared, order[s : s + batch_size])
+
+    def batch_of(self, prepared: list[list[int]], idx: Sequence[int]) -> Batch:
+        """The examples ``idx`` of a prepared split as one padded batch."""
+        idx = [int(i) for i in idx]
+        pad = self.tokenizer.pad_token_id or 0
+        width = max(len(prepared[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        att = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            seq = prepared[i]
+            ids[r, : len(seq)] = torch.tensor(seq)
+            att[r, : len(seq)] = 1
+        return Batch(
+            {"input_ids": ids.to(self.device), "attention_mask": att.to(self.device)},
+            torch.tensor(idx),
+        )
 
     def features(self, batch: Batch) -> torch.Tensor:
         out = self.model(**batch.inputs).last_hidden_state
@@ -179,18 +186,22 @@ class VisionBackbone(Backbone):
     ) -> Iterator[Batch]:
         n = prepared.shape[0]
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for s in range(0, n, batch_size):
+            yield self.batch_of(prepared, order[s : s + batch_size])
+
+    def batch_of(self, prepared: torch.Tensor, idx: Sequence[int] | torch.Tensor) -> Batch:
+        """The examples ``idx`` of a prepared split as one batch (resized, normalised)."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        for s in range(0, n, batch_size):
-            idx = order[s : s + batch_size]
-            x = prepared[idx].to(self.device).float() / 255.0
-            if x.shape[1] == 1:
-                x = x.expand(-1, 3, -1, -1)
-            if x.shape[-1] != self.image_size:
-                x = F.interpolate(
-                    x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
-                )
-            yield Batch({"x": (x - mean) / std}, idx)
+        x = prepared[idx].to(self.device).float() / 255.0
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
+        return Batch({"x": (x - mean) / std}, idx)
 
     def features(self, batch: Batch) -> torch.Tensor:
         return F.normalize(

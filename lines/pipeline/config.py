@@ -187,6 +187,27 @@ class Schedules(_Section):
         return v
 
 
+class Learned(_Section):
+    """The learned baselines against TA + LiNeS (``lines.protocol.baselines``)."""
+
+    methods: list[
+        Literal["lines", "fisher", "adamerging_task", "adamerging_layer", "atlas", "ensemble"]
+    ] = Field(min_length=1)
+    betas: list[NonNegativeFloat] = Field(min_length=1)
+    fisher_examples: PositiveInt = 64
+    fisher_labels: Literal["sampled", "true"] = "sampled"
+    fisher_floor: NonNegativeFloat = 1e-6
+    steps: PositiveInt = 100
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    batch_size: PositiveInt = 16
+    init: float = 0.3
+    adamerging_inputs: Literal["test", "val"] = "test"
+    ensemble_combine: Literal["logits", "probs"] = "logits"
+    block_policy: BlockPolicy = "reference"
+    bootstrap: PositiveInt = 1000
+    bootstrap_seed: int = 0
+
+
 class Report(_Section):
     bootstrap: PositiveInt = 1000
     bootstrap_seed: int = 0
@@ -213,6 +234,7 @@ class PipelineParams(_Section):
     wiseft: Wiseft
     fig1: Fig1 | None = None
     schedules: Schedules | None = None
+    learned: Learned | None = None
     report: Report = Field(default_factory=Report)
     runs: Runs | None = None
 

@@ -60,6 +60,23 @@ class Evaluator(AccuracyFromCorrect):
     def num_examples(self, task: str, split: str) -> int:
         return len(self._split(task, split)[1])
 
+    # -- the learned baselines' hooks (lines.protocol.learned.Differentiable) ----------------
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.backbone.model
+
+    def labels(self, task: str, split: str) -> torch.Tensor:
+        return self._split(task, split)[1]
+
+    def logits(self, task: str, split: str, index: Sequence[int]) -> torch.Tensor:
+        """Logits of the examples ``index`` with the model's current weights (gradients flow
+        when the caller enables them; the heads are frozen)."""
+        prepared, _ = self._split(task, split)
+        self.backbone.model.eval()  # BatchNorm keeps its statistics, dropout off
+        feats = self.backbone.features(self.backbone.batch_of(prepared, index))
+        h = self.heads[task]  # left where it is: correct_task applies it to CPU features
+        return feats @ h.weight.to(feats.device).T + h.bias.to(feats.device)
+
     def load(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         self.backbone.load_weights(state_dict)
 

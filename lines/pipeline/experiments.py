@@ -205,3 +205,32 @@ def run_schedules(
             n_boot=int(cfg.get("bootstrap", 1000)),
             boot_seed=int(cfg.get("bootstrap_seed", 0)),
         )
+
+
+def run_learned(
+    evaluator: Evaluator,
+    pretrained: Path,
+    finetune_dir: Path,
+    base_eval: Mapping[str, Any],
+    tasks: Sequence[str],
+    cfg: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    family: str | None = None,
+    block_policy: str = "reference",
+) -> dict[str, Any]:
+    """The learned baselines against TA + LiNeS (``lines.protocol.baselines.run_baselines``)."""
+    from lines.protocol.baselines import run_baselines
+
+    fts = {t: ft_path(finetune_dir, t) for t in tasks}
+    with workbench(evaluator, pretrained, family, block_policy) as b:
+        return run_baselines(
+            b,
+            base_eval,
+            tasks,
+            fts,
+            cfg,
+            out_dir,
+            n_boot=int(cfg.get("bootstrap", 1000)),
+            boot_seed=int(cfg.get("bootstrap_seed", 0)),
+        )

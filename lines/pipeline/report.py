@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lines.protocol import schemas
+from lines.protocol.learned_report import learned_md, learned_metrics
 from lines.protocol.plots_ci import accuracy_vs_beta, delta_ci, fig1_pair, fig2
 from lines.protocol.regime import regime_check, regime_md
 from lines.protocol.report import (
@@ -53,6 +54,7 @@ def run_report(
     backbone: str,
     fig1_dir: Path | None = None,
     schedules_dir: Path | None = None,
+    learned_dir: Path | None = None,
     n_boot: int = 1000,
     boot_seed: int = 0,
 ) -> dict[str, Any]:
@@ -74,6 +76,8 @@ def run_report(
     sch = (
         read_output(sch_path, schemas.SchedulesResult) if sch_path and sch_path.is_file() else None
     )
+    lrn_path = Path(learned_dir) / "learned.json" if learned_dir else None
+    lrn = read_output(lrn_path, schemas.LearnedResult) if lrn_path and lrn_path.is_file() else None
     head_kind = hs.get("kind", "probe")
     model = f"{backbone} ({'zero-shot heads' if head_kind == 'zeroshot' else 'linear-probe heads'})"
     regime = regime_check(base, tasks, merge, n_boot=n_boot, seed=boot_seed)
@@ -142,6 +146,8 @@ def run_report(
         metrics["soups"] = soups_metrics(soups)
     if sch:
         metrics["schedules"] = schedules_metrics(sch)
+    if lrn:
+        metrics["learned"] = learned_metrics(lrn)
     metrics = write_output(out_dir / "metrics.json", schemas.ReportMetrics, metrics)
 
     parts = [f"# Results: {suite} suite ({note})", ""]
@@ -200,6 +206,9 @@ def run_report(
     if sch:
         parts += ["## Is linear layer scaling optimal? (schedules at an equal budget)", ""]
         parts += [schedules_md(sch), ""]
+    if lrn:
+        parts += ["## Learned baselines and output ensembles, with their cost", ""]
+        parts += [learned_md(lrn), ""]
     if soups:
         parts += ["## Soups", "", soups_table_md(soups), ""]
     made = plots(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lines.merging.options import add_method_options
+from lines.protocol.options import add_learned_options, add_schedules_options
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -160,14 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _data(p)
     _eval_args(p)
-    from lines.protocol.schedules import add_options as add_schedules_options
-
     add_schedules_options(p)
+    p.add_argument("--block_policy", default="reference")
+
+    p = sub.add_parser(
+        "learned", help="Fisher, AdaMerging, aTLAS, output ensembles against TA + LiNeS, with cost"
+    )
+    _common(p)
+    _data(p)
+    _eval_args(p)
+    add_learned_options(p)
     p.add_argument("--block_policy", default="reference")
 
     p = sub.add_parser("report", help="metrics, tables and plots")
     p.add_argument("--fig1", type=Path, default=None, help="fig1 stage output folder")
     p.add_argument("--schedules", type=Path, default=None, help="schedules stage output folder")
+    p.add_argument("--learned", type=Path, default=None, help="learned stage output folder")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--bootstrap_seed", type=int, default=0)
     p.add_argument("--base_eval", type=Path, default=Path("out/eval/base.json"))
@@ -333,6 +342,18 @@ def run(a: argparse.Namespace) -> None:
             family=a.family,
             block_policy=a.block_policy,
         )
+    elif a.stage == "learned":
+        ex.run_learned(
+            _evaluator(a),
+            a.heads / "backbone.safetensors",
+            a.finetune,
+            ex.load_base_eval(a.base_eval),
+            a.tasks,
+            vars(a),
+            a.out,
+            family=a.family,
+            block_policy=a.block_policy,
+        )
     elif a.stage == "report":
         from lines.pipeline.report import run_report
 
@@ -348,6 +369,7 @@ def run(a: argparse.Namespace) -> None:
             backbone=a.backbone,
             fig1_dir=a.fig1,
             schedules_dir=a.schedules,
+            learned_dir=a.learned,
             n_boot=a.bootstrap,
             boot_seed=a.bootstrap_seed,
         )

@@ -140,6 +140,12 @@ def soups_table_md(soups: Mapping[str, Any]) -> str:
             f"| {kind} ({len(e['members'])} models) | {pct(p['test_target_norm'])} | {pct(p['test_control_norm'])} | "
             f"{li['gamma']:g} | {pct(li['test_target_norm'])} | {pct(li['test_control_norm'])} |"
         )
+    ens = soups.get("ensemble")
+    if ens:
+        lines.append(
+            f"| output ensemble ({len(ens['members'])} models, mean {ens['combine']}; not one "
+            f"model) | {pct(ens['test_target_norm'])} | {pct(ens['test_control_norm'])} | – | – | – |"
+        )
     return "\n".join(lines)
 
 

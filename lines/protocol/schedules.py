@@ -244,23 +244,3 @@ def _edit_intervals(
         rows[f]["verdict"] = (
             f"target {verdict(d_t, 'higher', 'lower')}, control {verdict(d_c, 'higher', 'lower')}"
         )
-
-
-def add_options(p: Any) -> None:
-    """The ``schedules`` section's command-line options (an ``argparse`` parser), the same in
-    every suite's ``schedules`` stage; the parsed namespace (``vars``) is :func:`run_schedules`'s
-    ``cfg``."""
-    p.add_argument("--specs", nargs="+", required=True, help="NAME[:k=v,...] schedules")
-    p.add_argument("--budget", type=int, required=True, help="val evaluations per schedule")
-    p.add_argument("--beta_max", type=float, required=True, help="merging: β ∈ [0, beta_max]")
-    p.add_argument(
-        "--alpha_mults",
-        nargs="+",
-        type=float,
-        default=[1.0],
-        help="merging: α = the rule's α × each (searched within the budget; 1: the rule)",
-    )
-    p.add_argument("--methods", nargs="+", default=[], help="merges to rescale")
-    p.add_argument("--edit_tasks", nargs="+", default=[], help="tasks to edit")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--bootstrap_seed", type=int, default=0)

@@ -181,6 +181,20 @@ class SchedulesResult(StageOutput):
     editing: dict[str, dict[str, ScheduleRow]]
 
 
+class LearnedMethod(TestReport):
+    cost: dict[str, Any]
+
+
+class LearnedResult(StageOutput):
+    """The learned baselines (``lines.protocol.baselines``): TA + LiNeS against Fisher merging,
+    AdaMerging, aTLAS and output ensembles, each with its cost."""
+
+    file: ClassVar[str] = "learned.json"
+    tasks: list[str]
+    adamerging_inputs: str
+    methods: dict[str, LearnedMethod]
+
+
 class ReportMetrics(StageOutput):
     """The report's headline numbers (DVC metrics); their layout is the report's own."""
 

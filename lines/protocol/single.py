@@ -182,6 +182,20 @@ def run_soups(
         res["soups"][kind] = entry
         del tau
     res["greedy_history"] = g_man["greedy_soup"]["history"]
+    from lines.protocol.learned import Differentiable, ensemble_correct
+
+    if isinstance(bench.evaluator, Differentiable) and len(paths) > 1:
+        # The output ensemble of the same members (issue 17): not one model, N forwards per input.
+        mdev = next(iter(bench.evaluator.model.parameters())).device
+        sds = [{k: v.to(mdev) for k, v in bench.load(p).items()} for p in paths]
+        correct = ensemble_correct(bench.evaluator, sds, every, "test")
+        acc = {t: float(c.float().mean()) for t, c in correct.items()}
+        res["ensemble"] = {
+            "members": names,
+            "combine": "logits",
+            **_tc({"test": acc}, task, controls, ref, zs),
+        }
+        del sds
     res = write_output(Path(out_dir) / "soups.json", SoupsResult, res)
     return res
 
