@@ -98,6 +98,13 @@ def test_rank_classification_norms(tok) -> None:
     assert rank_classify(ll, normalisers(options, conts, "none")).item() == 0
     assert rank_classify(ll, normalisers(options, conts, "chars")).item() == 1
     assert rank_classify(ll, normalisers(options, conts, "tokens")).item() == 1
+    # norm "auto" picks, on val, the normalisation under which θ_0 is most accurate: with gold
+    # label "yes" only the plain sum is right; with gold "maybe so", chars (first of the tie).
+    from lines.llm.scoring import choose_norm
+
+    best, accs = choose_norm(ll, options, conts, torch.tensor([0]))
+    assert best == "none" and accs == {"chars": 0.0, "tokens": 0.0, "none": 1.0}
+    assert choose_norm(ll, options, conts, torch.tensor([1]))[0] == "chars"
     # Equal scores: the first option wins.
     assert rank_classify(torch.zeros(1, 3, dtype=torch.float64), [1.0, 1.0, 1.0]).item() == 0
 
@@ -226,6 +233,11 @@ def test_finetune_edit_merge_end_to_end(tmp_path: Path, monkeypatch: pytest.Monk
         # Fine-tuning on its own task learns it (the text names the class).
         assert res["finetuned"][t]["test"][t] >= 0.9, res
         assert res["examples"]["test"][t] == 12 and res["examples"]["val"][t] == 4  # 10% of 48
+        # norm auto (the default): chosen per task on val with θ_0, recorded with its evidence
+        ch = res["norms"][t]
+        assert ch["chosen"] in ("chars", "tokens", "none")
+        assert ch["val_acc"][ch["chosen"]] == max(ch["val_acc"].values())
+        assert len(res["test_correct"]["finetuned"][t][t]) == 12  # per-example bits: intervals
     io += ["--base_eval", str(be)]
     ed = stages.run(
         P.parse_args(

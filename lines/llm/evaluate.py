@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -18,7 +19,15 @@ from lines.data import LoadedTask, Task, get_task, load_task
 from lines.errors import LinesError
 from lines.llm.model import assign_weights, load_folder
 from lines.llm.prompts import TaskPrompt, render, task_prompt
-from lines.llm.scoring import Norm, Request, encode, loglikelihoods, normalisers, rank_classify
+from lines.llm.scoring import (
+    Norm,
+    Request,
+    choose_norm,
+    encode,
+    loglikelihoods,
+    normalisers,
+    rank_classify,
+)
 from lines.pipeline.common import Split
 from lines.protocol.suite import AccuracyFromCorrect
 
@@ -57,7 +66,7 @@ class LLMEvaluator(AccuracyFromCorrect):
         precision: str = "auto",
         batch_size: int = 32,
         max_chars: int = 1000,
-        norm: Norm = "chars",
+        norm: Norm | Literal["auto"] = "chars",
         seed: int = 0,
     ):
         self.tasks = list(tasks)
@@ -67,6 +76,14 @@ class LLMEvaluator(AccuracyFromCorrect):
         self.precision, self.batch_size = precision, batch_size
         self.max_chars, self.norm, self.seed = max_chars, norm, seed
         self._prepared: dict[tuple[str, str], tuple[list[Request], list[float], torch.Tensor]] = {}
+        self._conts: dict[tuple[str, str], list[list[int]]] = {}
+        # norm "auto": per task, the normalisation under which θ_0 (the weights loaded now) is
+        # most accurate on val — a choice made once, on val, then fixed for every model.
+        self.norms: dict[str, Norm] = {}
+        self.norm_choice: dict[str, dict[str, float]] = {}
+        if norm == "auto":
+            for t in self.tasks:
+                self._choose_norm(t)
 
     def _split(self, task: str, split: str) -> tuple[list[Request], list[float], torch.Tensor]:
         """Every (example, option) request of the split, flattened example-major; the options'
@@ -84,9 +101,20 @@ class LLMEvaluator(AccuracyFromCorrect):
                     reqs.append(r)
                     if len(conts) < len(p.verbalisers):
                         conts.append(r[1])
-            denom = normalisers(p.verbalisers, conts, self.norm)
+            norm = self.norms.get(task, self.norm)
+            denom = normalisers(p.verbalisers, conts, norm)  # type: ignore[arg-type]
             self._prepared[key] = (reqs, denom, s.labels)
+            self._conts[key] = conts
         return self._prepared[key]
+
+    def _choose_norm(self, task: str) -> None:
+        self.norms[task] = "none"  # any: the val requests are prepared once, then re-normalised
+        reqs, _, labels = self._split(task, "val")
+        ll = self.scores(None, "val", task)
+        options = prompt_of(task).verbalisers
+        best, accs = choose_norm(ll, options, self._conts[(task, "val")], labels)
+        self.norms[task], self.norm_choice[task] = best, accs
+        self._prepared.pop((task, "val"))  # rebuilt with the chosen normalisers
 
     def num_examples(self, task: str, split: str) -> int:
         return len(self._split(task, split)[2])

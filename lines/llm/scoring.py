@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 
 Norm = Literal["chars", "tokens", "none"]
+NORMS: tuple[Norm, ...] = ("chars", "tokens", "none")
 Request = tuple[list[int], list[int]]  # (context ids, continuation ids)
 
 
@@ -104,3 +105,21 @@ def rank_classify(ll: torch.Tensor, denom: Sequence[float]) -> torch.Tensor:
     """``ll`` (examples × options) divided by ``denom`` (per option) → predicted option per
     example; the first of equal scores wins (``torch.argmax``'s rule)."""
     return (ll / torch.tensor(denom, dtype=ll.dtype)).argmax(1)
+
+
+def choose_norm(
+    ll: torch.Tensor,
+    options: Sequence[str],
+    cont_ids: Sequence[Sequence[int]],
+    labels: torch.Tensor,
+) -> tuple[Norm, dict[str, float]]:
+    """The normalisation with the highest accuracy of ``ll`` (θ_0's val log-likelihoods,
+    examples × options) against ``labels``, and each one's accuracy; ties go to the first of
+    chars, tokens, none. Per-character normalisation favours long multi-token options (TREC's
+    "abbreviation"), so it is a per-task choice made on val, never a fixed convention."""
+    accs = {
+        n: float((rank_classify(ll, normalisers(options, cont_ids, n)) == labels).float().mean())
+        for n in NORMS
+    }
+    best = max(NORMS, key=lambda n: accs[n])  # max keeps the first of equal values
+    return best, accs

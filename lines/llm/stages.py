@@ -118,20 +118,28 @@ def run_base_eval(
 ) -> dict[str, Any]:
     """θ_0's and every fine-tuned model's accuracy on every task, val and test (the text
     suite's ``base.json`` shape, which ``lines.protocol`` reads)."""
-    ev = evaluator(a, base)
+    from lines.protocol.schemas import BaseEval, write_output
+    from lines.protocol.suite import score
+
     t0 = time.perf_counter()
+    ev = evaluator(a, base)  # with norm "auto", it chooses each task's normalisation here (θ_0)
     theta0 = _load(weights(base))
     res: dict[str, Any] = {"tasks": list(a.tasks), "pretrained": {}, "finetuned": {}}
-    for s in SPLITS:
-        res["pretrained"][s] = ev.accuracy(theta0, s, a.tasks)
+    # Per-example test correctness of every model, for the reports' bootstrap intervals.
+    bits: dict[str, Any] = {"pretrained": {}, "finetuned": {}}
+    res["pretrained"]["val"] = ev.accuracy(theta0, "val", a.tasks)
+    res["pretrained"]["test"], bits["pretrained"] = score(ev, None, "test", a.tasks)
     for t in tqdm(a.tasks, desc="base_eval", unit="model"):
         sd = _load(ft_path(finetuned_dir, t))
-        res["finetuned"][t] = {s: ev.accuracy(sd if s == SPLITS[0] else None, s) for s in SPLITS}
+        res["finetuned"][t] = {"val": ev.accuracy(sd, "val", a.tasks)}
+        res["finetuned"][t]["test"], bits["finetuned"][t] = score(ev, None, "test", a.tasks)
+    res["test_correct"] = bits
     res["examples"] = {s: {t: ev.num_examples(t, s) for t in a.tasks} for s in SPLITS}
     res["norm"], res["device"] = a.norm, str(ev.device)
+    if ev.norm_choice:  # norm "auto": what was chosen per task, and θ_0's val accuracy under each
+        res["norms"] = {t: {"chosen": ev.norms[t], "val_acc": ev.norm_choice[t]} for t in a.tasks}
     res["seconds"] = round(time.perf_counter() - t0, 3)
-    write_json(Path(out), res)
-    return res
+    return write_output(Path(out), BaseEval, res)
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
@@ -197,7 +205,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_val", type=int, default=0, help="val examples per task (0: all)")
     p.add_argument("--max_test", type=int, default=0, help="test examples per task (0: all)")
     p.add_argument("--max_chars", type=int, default=1000, help="input text cut (characters)")
-    p.add_argument("--norm", default="chars", choices=["chars", "tokens", "none"])
+    p.add_argument(
+        "--norm",
+        default="auto",
+        choices=["auto", "chars", "tokens", "none"],
+        help="option-score normalisation; auto: per task, the best of θ_0 on val",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block_policy", default="reference", choices=["reference", "depth"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads of torch (0: default)")
