@@ -284,6 +284,27 @@ def test_finetune_edit_merge_end_to_end(tmp_path: Path, monkeypatch: pytest.Monk
     assert rows["linear"]["alpha_rule"] == pytest.approx(0.5)
     assert set(sch["editing"][tasks[0]]) == {"linear", "reversed"}
     assert (tmp_path / "sch" / "schedules.json").is_file()
+    # the suite's report: the shared protocol's regime check, intervals and tables
+    rep = tmp_path / "report"
+    m = stages.run(
+        P.parse_args(
+            [
+                "report",
+                "--base",
+                str(base),
+                "--base_eval",
+                str(be),
+                "--edit",
+                str(tmp_path / "edit"),
+            ]
+            + ["--merge", str(tmp_path / "merge"), "--schedules", str(tmp_path / "sch")]
+            + ["--bootstrap", "50", "--out", str(rep)]
+        )
+    )
+    text = (rep / "report.md").read_text()
+    assert "## Regime check" in text and "rank classification over label verbalisers" in text
+    assert "Is linear layer scaling optimal?" in text
+    assert set(m["merge"]) == {"task_arithmetic", "ties", "consensus"}
 
 
 def test_evaluator_correct_matches_accuracy(

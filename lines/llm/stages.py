@@ -268,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_options(p, skip={"seed"}, grid_nargs="*")
     p.add_argument("--alpha_norm", default="l1", choices=["l1", "l2"])
 
+    p = sub.add_parser("report", help="regime check, intervals, tables and plots")
+    p.add_argument("--base", type=Path, default=Path("ckpt/base"))
+    p.add_argument("--base_eval", type=Path, default=Path("out/eval/base.json"))
+    for n in ("edit", "merge"):
+        p.add_argument(f"--{n}", type=Path, default=Path(f"out/{n}"))
+    p.add_argument("--schedules", type=Path, default=None, help="schedules stage output folder")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--bootstrap_seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+
     p = sub.add_parser("schedules", help="every λ(ℓ) schedule at an equal val budget vs linear")
     _common(p)
     io(p, True)
@@ -292,6 +302,24 @@ def run(a: argparse.Namespace) -> Any:
         return run_merge(a, a.base, a.finetuned, a.base_eval, a.out)
     if a.stage == "schedules":
         return run_schedules(a, a.base, a.finetuned, a.base_eval, a.out)
+    if a.stage == "report":
+        from lines.pipeline.report import run_report
+
+        model = str(read_json(Path(a.base) / "fetch.json")["source"])
+        return run_report(
+            a.base_eval,
+            None,
+            a.edit,
+            a.merge,
+            None,
+            None,
+            a.out,
+            suite="llm",
+            backbone=model,
+            schedules_dir=a.schedules,
+            n_boot=a.bootstrap,
+            boot_seed=a.bootstrap_seed,
+        )
     raise LinesError(f"unknown stage {a.stage}")  # pragma: no cover - argparse refuses it
 
 

@@ -38,12 +38,13 @@ from lines.protocol.scores import mean
 SUITE_NOTES = {
     "text": "backbone {backbone}",
     "vision": "backbone {backbone}: a CNN on MNIST-family tasks, a proxy for the CLIP experiments, not CLIP",
+    "llm": "decoder LLM {backbone}, rank classification over label verbalisers",
 }
 
 
 def run_report(
     base_eval: Path,
-    heads: Path,
+    heads: Path | None,
     edit_dir: Path,
     merge_dir: Path,
     soups_dir: Path | None,
@@ -61,7 +62,8 @@ def run_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = read_output(base_eval, schemas.BaseEval)
-    hs = read_json(heads)
+    # No heads file (the LLM suite): zero-shot is the model itself (rank classification).
+    hs = read_json(heads) if heads else {"kind": "zeroshot", "tasks": {}}
     edit = read_output(Path(edit_dir) / "edit.json", schemas.EditResult)
     merge = read_output(Path(merge_dir) / "merge.json", schemas.MergeResult)
     soups = read_output(Path(soups_dir) / "soups.json", schemas.SoupsResult) if soups_dir else None
@@ -237,11 +239,12 @@ def run_report(
         made.append(fig1_pair(out_dir, f1, fig1, suite=suite, model=model))
     parts += ["## Plots", ""] + [f"![{m}]({m})" for m in made]
     acc_key = "zeroshot_val_acc" if head_kind == "zeroshot" else "probe_val_acc"
-    parts += [
-        "",
-        f"Heads ({'zero-shot, class-name prompts' if head_kind == 'zeroshot' else 'linear probes'}): "
-        + ", ".join(f"{t}: val {pct(v.get(acc_key))}" for t, v in hs["tasks"].items()),
-    ]
+    if hs["tasks"]:
+        parts += [
+            "",
+            f"Heads ({'zero-shot, class-name prompts' if head_kind == 'zeroshot' else 'linear probes'}): "
+            + ", ".join(f"{t}: val {pct(v.get(acc_key))}" for t, v in hs["tasks"].items()),
+        ]
     (out_dir / "report.md").write_text("\n".join(parts) + "\n")
     write_merge_table(out_dir / "merge_table.csv", merge)
     return metrics
