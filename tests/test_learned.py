@@ -155,3 +155,28 @@ def test_learned_table_reports_delta_and_cost_against_lines() -> None:
     assert "unlabelled **test** inputs" in md and "Best learned/ensemble: **atlas**" in md
     m = learned_metrics(res)
     assert m["atlas"]["delta_vs_lines"] == 0.02 and m["lines"]["cost_wall_s"] == 2.0
+
+
+def test_finetune_and_heads_load_the_backbone_on_the_configured_device(monkeypatch, tmp_path):
+    """Regression: both stages ignored ``device`` (fine-tuning on a GPU runner ran on its CPU)."""
+    from lines.pipeline import training
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load_backbone(name, models_dir, **kw):
+        seen.append(kw.get("device"))
+        raise Stop
+
+    monkeypatch.setattr(training, "load_backbone", fake_load_backbone)
+    with pytest.raises(Stop):
+        training.finetune(
+            tmp_path, tmp_path, tmp_path, "minilm", "trec", max_train=1, max_val=1, device="cuda:1"
+        )
+    with pytest.raises(Stop):
+        training.run_heads(
+            tmp_path, tmp_path, "minilm", ["trec"], max_train=1, max_val=1, device="cuda:1"
+        )
+    assert seen == ["cuda:1", "cuda:1"]
