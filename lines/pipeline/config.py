@@ -192,7 +192,7 @@ class Learned(_Section):
 
     methods: list[
         Literal["lines", "fisher", "adamerging_task", "adamerging_layer", "atlas", "ensemble"]
-    ] = Field(min_length=1)
+    ] = Field(default_factory=list)  # []: the stage writes "skipped"
     betas: list[NonNegativeFloat] = Field(min_length=1)
     fisher_examples: PositiveInt = 64
     fisher_labels: Literal["sampled", "true"] = "sampled"

@@ -80,6 +80,7 @@ def run_report(
     )
     lrn_path = Path(learned_dir) / "learned.json" if learned_dir else None
     lrn = read_output(lrn_path, schemas.LearnedResult) if lrn_path and lrn_path.is_file() else None
+    lrn = None if lrn is None or lrn.get("skipped") else lrn
     head_kind = hs.get("kind", "probe")
     model = f"{backbone} ({'zero-shot heads' if head_kind == 'zeroshot' else 'linear-probe heads'})"
     regime = regime_check(base, tasks, merge, n_boot=n_boot, seed=boot_seed)

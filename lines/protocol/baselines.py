@@ -63,7 +63,11 @@ def run_baselines(
             f"{type(suite).__name__} does not support the learned baselines (it needs model, "
             "logits and labels: lines.protocol.learned.Differentiable)"
         )
-    methods = list(cfg.get("methods") or METHODS)
+    methods = list(cfg.get("methods") or [])
+    if not methods:  # the stage is in every pipeline; a profile may leave it out this way
+        res = {"skipped": "learned.methods is empty", "tasks": list(tasks)}
+        res |= {"adamerging_inputs": str(cfg.get("adamerging_inputs", "test")), "methods": {}}
+        return write_output(Path(out_dir) / "learned.json", schemas.LearnedResult, res)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise LinesError(f"learned.methods: unknown {unknown[0]!r} (known: {', '.join(METHODS)})")

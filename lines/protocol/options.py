@@ -29,8 +29,8 @@ def add_schedules_options(p: Any) -> None:
         default=[1.0],
         help="merging: α = the rule's α × each (searched within the budget; 1: the rule)",
     )
-    p.add_argument("--methods", nargs="+", default=[], help="merges to rescale")
-    p.add_argument("--edit_tasks", nargs="+", default=[], help="tasks to edit")
+    p.add_argument("--methods", nargs="*", default=[], help="merges to rescale")
+    p.add_argument("--edit_tasks", nargs="*", default=[], help="tasks to edit")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--bootstrap_seed", type=int, default=0)
 
@@ -38,9 +38,7 @@ def add_schedules_options(p: Any) -> None:
 def add_learned_options(p: Any) -> None:
     """The ``learned`` section's command-line options (an ``argparse`` parser), the same in every
     suite's ``learned`` stage; the parsed namespace (``vars``) is :func:`lines.protocol.baselines.run_baselines`'s ``cfg``."""
-    p.add_argument(
-        "--methods", nargs="+", default=list(LEARNED_METHODS), choices=list(LEARNED_METHODS)
-    )
+    p.add_argument("--methods", nargs="*", default=[], choices=list(LEARNED_METHODS))
     p.add_argument("--betas", nargs="+", type=float, required=True, help="TA + LiNeS β grid")
     p.add_argument("--fisher_examples", type=int, default=64, help="inputs per task (val)")
     p.add_argument("--fisher_labels", default="sampled", choices=["sampled", "true"])

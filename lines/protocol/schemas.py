@@ -185,9 +185,9 @@ class LearnedMethod(TestReport):
     cost: dict[str, Any]
 
 
-class LearnedResult(StageOutput):
+class LearnedResult(Skippable):
     """The learned baselines (``lines.protocol.baselines``): TA + LiNeS against Fisher merging,
-    AdaMerging, aTLAS and output ensembles, each with its cost."""
+    AdaMerging, aTLAS and output ensembles, each with its cost (skipped: ``methods`` empty)."""
 
     file: ClassVar[str] = "learned.json"
     tasks: list[str]
