@@ -92,6 +92,7 @@ def _flow_kwargs(p: dict[str, Any]) -> dict[str, Any]:
         "edit.edit_tasks": p["edit"]["edit_tasks"],
         **{f"wiseft.{k}": v for k, v in p["wiseft"].items() if k != "gammas"},
         **{f"soups.{k}": v for k, v in p["soups"].items()},
+        **{f"schedules.{k}": v for k, v in p.get("schedules", {}).items()},
     }
     return {**typed, "params": rest}
 
