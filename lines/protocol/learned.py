@@ -150,7 +150,12 @@ def fisher_diagonal(
     if n <= 0:
         raise LinesError(f"fisher: {task} {split} has no examples")
     idx = torch.randperm(suite.num_examples(task, split), generator=gen)[:n].tolist()
-    leaves = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in params.items()}
+    # Gradients for the module's parameters only (not buffers such as BatchNorm statistics).
+    names = {k for k, _ in suite.model.named_parameters()}
+    leaves = {
+        k: v.detach().requires_grad_(k in names and v.is_floating_point())
+        for k, v in params.items()
+    }
     trainable = [k for k, v in leaves.items() if v.requires_grad]
     acc = {k: torch.zeros_like(leaves[k]) for k in trainable}
     gold = suite.labels(task, split)
@@ -256,7 +261,13 @@ def learn_coefficients(
     Returns λ, the key → column map and the loss per step."""
     if loss not in ("entropy", "ce"):
         raise LinesError(f"loss '{loss}': choose entropy or ce")
-    keys = [k for k, v in base.items() if v.is_floating_point() and all(k in t for t in taus)]
+    # Coefficients for the module's parameters only: buffers (BatchNorm statistics) stay θ_0's.
+    names = {k for k, _ in suite.model.named_parameters()}
+    keys = [
+        k
+        for k, v in base.items()
+        if k in names and v.is_floating_point() and all(k in t for t in taus)
+    ]
     group, n_groups = coefficient_groups(keys, granularity)
     device = next(iter(base.values())).device
     coefs = torch.full((len(taus), n_groups), float(init), device=device, requires_grad=True)
@@ -335,10 +346,16 @@ def lazy(path: Path) -> Callable[[], Any]:
         from safetensors import safe_open
 
         f = safe_open(str(path), framework="pt")
+        names = set(f.keys())
 
         class _Lazy(Mapping[str, torch.Tensor]):
             def __getitem__(self, k: str) -> torch.Tensor:
+                if k not in names:
+                    raise KeyError(k)
                 return f.get_tensor(k)
+
+            def __contains__(self, k: object) -> bool:
+                return k in names
 
             def __iter__(self) -> Iterator[str]:
                 return iter(f.keys())

@@ -51,9 +51,8 @@ def learned_metrics(res: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
     for m, r in res["methods"].items():
         d = r.get("delta_vs_lines") or {}
-        out[m] = {
-            "test_avg_norm": r["test_avg_norm"],
-            "delta_vs_lines": d.get("value"),
-            **{f"cost_{k}": v for k, v in r["cost"].items()},
-        }
+        row = {"test_avg_norm": r["test_avg_norm"], "delta_vs_lines": d.get("value")}
+        row |= {f"cost_{k}": v for k, v in r["cost"].items()}
+        # DVC metrics hold numbers only: a missing value (no interval, no CUDA peak) is left out
+        out[m] = {k: v for k, v in row.items() if v is not None}
     return out

@@ -91,7 +91,8 @@ def answer(res: Mapping[str, Any]) -> str:
 def schedules_metrics(res: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """Δ average normalised test accuracy of each schedule (chosen on val) against linear, per
     merge: the report's ``metrics.json`` entry."""
-    return {
+    out = {
         m: {f: r["delta_vs_linear"]["value"] for f, r in rows.items() if "delta_vs_linear" in r}
         for m, rows in res["merging"].items()
     }
+    return {m: d for m, d in out.items() if d}  # DVC metrics drop empty groups: so do we
