@@ -135,7 +135,7 @@ def run_report(
         metrics["wiseft"] = shared.wiseft_metrics(ws)
     if sp:
         metrics["soups"] = shared.soups_metrics(sp)
-    if sch:
+    if sch and schedules_metrics(sch):  # DVC metrics drop an empty group: so do we
         metrics["schedules"] = schedules_metrics(sch)
     metrics = write_output(out / "metrics.json", schemas.ReportMetrics, metrics)
 

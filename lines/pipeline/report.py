@@ -147,7 +147,7 @@ def run_report(
             metrics[key] = _finite_or_none(metrics[key])
     if soups:
         metrics["soups"] = soups_metrics(soups)
-    if sch:
+    if sch and schedules_metrics(sch):  # DVC metrics drop an empty group: so do we
         metrics["schedules"] = schedules_metrics(sch)
     if lrn:
         metrics["learned"] = learned_metrics(lrn)
