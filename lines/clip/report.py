@@ -135,8 +135,9 @@ def run_report(
         metrics["wiseft"] = shared.wiseft_metrics(ws)
     if sp:
         metrics["soups"] = shared.soups_metrics(sp)
-    if sch and schedules_metrics(sch):  # DVC metrics drop an empty group: so do we
-        metrics["schedules"] = schedules_metrics(sch)
+    sch_metrics = schedules_metrics(sch) if sch else {}
+    if sch_metrics:  # DVC metrics drop an empty group: so do we
+        metrics["schedules"] = sch_metrics
     metrics = write_output(out / "metrics.json", schemas.ReportMetrics, metrics)
 
     note = f"{model or 'CLIP'} image tower, zero-shot heads"

@@ -178,7 +178,8 @@ def run_fig1(
         return fig1(b, base_eval, tasks, fig_tasks, fts, gammas, out_dir)
 
 
-def run_schedules(
+def run_protocol_stage(
+    name: str,
     evaluator: Evaluator,
     pretrained: Path,
     finetune_dir: Path,
@@ -190,41 +191,18 @@ def run_schedules(
     family: str | None = None,
     block_policy: str = "reference",
 ) -> dict[str, Any]:
-    """Is linear optimal? (``lines.protocol.schedules.run_schedules``)."""
-    from lines.protocol.schedules import run_schedules as schedules
-
+    """A protocol experiment over every task's fine-tuned model with bootstrap intervals:
+    ``schedules`` (is linear optimal? ``lines.protocol.schedules.run_schedules``) or ``learned``
+    (the learned baselines against TA + LiNeS, ``lines.protocol.baselines.run_baselines``)."""
+    if name == "schedules":
+        from lines.protocol.schedules import run_schedules as experiment
+    elif name == "learned":
+        from lines.protocol.baselines import run_baselines as experiment
+    else:  # pragma: no cover - the parser only offers these
+        raise ValueError(f"unknown protocol stage {name}")
     fts = {t: ft_path(finetune_dir, t) for t in tasks}
     with workbench(evaluator, pretrained, family, block_policy) as b:
-        return schedules(
-            b,
-            base_eval,
-            tasks,
-            fts,
-            cfg,
-            out_dir,
-            n_boot=int(cfg.get("bootstrap", 1000)),
-            boot_seed=int(cfg.get("bootstrap_seed", 0)),
-        )
-
-
-def run_learned(
-    evaluator: Evaluator,
-    pretrained: Path,
-    finetune_dir: Path,
-    base_eval: Mapping[str, Any],
-    tasks: Sequence[str],
-    cfg: Mapping[str, Any],
-    out_dir: Path,
-    *,
-    family: str | None = None,
-    block_policy: str = "reference",
-) -> dict[str, Any]:
-    """The learned baselines against TA + LiNeS (``lines.protocol.baselines.run_baselines``)."""
-    from lines.protocol.baselines import run_baselines
-
-    fts = {t: ft_path(finetune_dir, t) for t in tasks}
-    with workbench(evaluator, pretrained, family, block_policy) as b:
-        return run_baselines(
+        return experiment(
             b,
             base_eval,
             tasks,

@@ -147,8 +147,9 @@ def run_report(
             metrics[key] = _finite_or_none(metrics[key])
     if soups:
         metrics["soups"] = soups_metrics(soups)
-    if sch and schedules_metrics(sch):  # DVC metrics drop an empty group: so do we
-        metrics["schedules"] = schedules_metrics(sch)
+    sch_metrics = schedules_metrics(sch) if sch else {}
+    if sch_metrics:  # DVC metrics drop an empty group: so do we
+        metrics["schedules"] = sch_metrics
     if lrn:
         metrics["learned"] = learned_metrics(lrn)
     metrics = write_output(out_dir / "metrics.json", schemas.ReportMetrics, metrics)

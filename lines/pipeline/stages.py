@@ -330,20 +330,9 @@ def run(a: argparse.Namespace) -> None:
             family=a.family,
             block_policy=a.block_policy,
         )
-    elif a.stage == "schedules":
-        ex.run_schedules(
-            _evaluator(a),
-            a.heads / "backbone.safetensors",
-            a.finetune,
-            ex.load_base_eval(a.base_eval),
-            a.tasks,
-            vars(a),
-            a.out,
-            family=a.family,
-            block_policy=a.block_policy,
-        )
-    elif a.stage == "learned":
-        ex.run_learned(
+    elif a.stage in ("schedules", "learned"):
+        ex.run_protocol_stage(
+            a.stage,
             _evaluator(a),
             a.heads / "backbone.safetensors",
             a.finetune,

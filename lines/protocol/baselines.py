@@ -37,11 +37,6 @@ from lines.protocol.suite import Workbench
 from lines.scaling import auto_alpha, lines_lambdas
 
 
-def _scored(bench: Workbench, sd: Mapping[str, torch.Tensor], tasks: Sequence[str]) -> Any:
-    acc, bits = bench.scored(sd, "test", tasks)
-    return acc, bits
-
-
 def run_baselines(
     bench: Workbench,
     base: Mapping[str, Any],
@@ -117,7 +112,7 @@ def run_baselines(
             ft_val,
         )
         theta = bench.theta(tau, lines_lambdas(L, alpha, beta))
-        acc, bits = _scored(bench, theta, tasks)
+        acc, bits = bench.scored(theta, "test", tasks)
     cost.forward = len(betas) * n_val + n_test
     cost.held_bytes = nbytes(bench.base) + nbytes(tau) + nbytes(theta)
     record("lines", acc, bits, cost, alpha=alpha, beta=beta, val_evaluations=len(betas))
@@ -158,7 +153,7 @@ def run_baselines(
             )
             with torch.no_grad():
                 theta = combine(base_m, taus, coefs, group)
-            acc, bits = _scored(bench, theta, tasks)
+            acc, bits = bench.scored(theta, "test", tasks)
         cost.forward += n_test
         # θ_0, N task vectors, θ(λ) and its gradient are held together while learning
         cost.held_bytes = nbytes(bench.base) + sum(nbytes(t) for t in taus) + 2 * nbytes(theta)
@@ -211,7 +206,7 @@ def run_baselines(
                 floor=float(cfg.get("fisher_floor", 1e-6)),
             )
             theta = {k: v.to(dev) for k, v in theta.items()}
-            acc, bits = _scored(bench, theta, tasks)
+            acc, bits = bench.scored(theta, "test", tasks)
         cost.forward += n_test
         cost.held_bytes = max(held, nbytes(theta))
         record(
