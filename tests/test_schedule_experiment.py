@@ -159,3 +159,24 @@ def test_answer_names_ties_and_flat_choices() -> None:
     )
     won = {"merging": {"ta": {"linear": dict(row, beta=0.5), "step": better}}}
     assert "`x` is best on val" in answer(won) and "+1.0 points [-1.0, +3.0]" in answer(won)
+
+
+def test_schedules_metrics_hold_numbers_per_family() -> None:
+    from lines.protocol.schedules_report import schedules_metrics
+
+    d = {"value": 0.02, "lo": -0.01, "hi": 0.05}
+    res = {
+        "merging": {
+            "ta": {
+                "linear": {"test_avg_norm": 0.9},
+                "step": {"test_avg_norm": 0.92, "delta_vs_linear": d},
+            }
+        }
+    }
+    assert schedules_metrics(res) == {
+        "ta": {
+            "linear": {"test_avg_norm": 0.9},
+            "step": {"test_avg_norm": 0.92, "delta_vs_linear": 0.02},
+        }
+    }
+    assert schedules_metrics({"merging": {"ta": {}}}) == {}

@@ -88,11 +88,16 @@ def answer(res: Mapping[str, Any]) -> str:
     return "; ".join(parts) + "."
 
 
-def schedules_metrics(res: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """Δ average normalised test accuracy of each schedule (chosen on val) against linear, per
-    merge: the report's ``metrics.json`` entry."""
-    out = {
-        m: {f: r["delta_vs_linear"]["value"] for f, r in rows.items() if "delta_vs_linear" in r}
-        for m, rows in res["merging"].items()
-    }
-    return {m: d for m, d in out.items() if d}  # DVC metrics drop empty groups: so do we
+def schedules_metrics(res: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per merge and schedule family: the average normalised test accuracy of the schedule chosen
+    on val and, where the suite gives per-example results, its Δ against linear — the report's
+    ``metrics.json`` entry (numbers only, as DVC metrics hold)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for m, rows in res["merging"].items():
+        for f, r in rows.items():
+            row = {"test_avg_norm": r.get("test_avg_norm")}
+            row["delta_vs_linear"] = (r.get("delta_vs_linear") or {}).get("value")
+            row = {k: float(v) for k, v in row.items() if v is not None}
+            if row:
+                out.setdefault(m, {})[f] = row
+    return out
