@@ -46,6 +46,7 @@ from tasks.dvc import (
     dvc_stage_specs,
     dvc_stale_stages,
 )
+from tasks.exchange import head_revision, push_upstream, restore_from_remote
 
 UNIT_DEPLOYMENT = "stage-unit/stage-unit"
 UNITS_UPSTREAM = ["heads"]  # what every fan-out unit reads besides the fetched data
@@ -71,6 +72,17 @@ class RunOptions(BaseModel):
     unit_timeout_s: float = Field(6 * 3600, gt=0, description="wait at most this for the units")
     lock_timeout_s: float | None = Field(
         None, ge=0, description="wait at most this for the workspace lock (None: forever)"
+    )
+    exchange_remote: str | None = Field(
+        None,
+        description="a DVC remote URL (s3://…, gs://…, a folder) through which fan-out units on "
+        "hosts that share no filesystem exchange inputs and outputs (tasks/exchange.py); "
+        "None: the units share the workspace folder",
+    )
+    exchange_repo: str | None = Field(
+        None,
+        description="the git URL the units clone (default: the workspace's path); the "
+        "workspace's commit must be reachable there",
     )
 
 
@@ -125,10 +137,18 @@ def experiment_name(kind: str, requested: str | None) -> str:
 
 
 def run_units(
-    ctx: Context, units: Sequence[Unit], *, fan_out: bool, deployment: str, timeout_s: float
+    ctx: Context,
+    units: Sequence[Unit],
+    *,
+    fan_out: bool,
+    deployment: str,
+    timeout_s: float,
+    exchange: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``units`` in-process one after the other, or as deployment runs that the pool's workers
-    execute in parallel; return their reports. Raises if any unit did not complete."""
+    execute in parallel; return their reports. Raises if any unit did not complete.
+    ``exchange`` (``repo``, ``rev``, ``remote_url``, ``params``): each unit is the DVC stage of its
+    name, run in a clone of its own through the DVC remote (``tasks.exchange``)."""
     if not units:
         return []
     rid = runtime.flow_run.id or "local"
@@ -141,6 +161,7 @@ def run_units(
             "outs": u.outs,
             "report": f"{report_dir}/{u.name}.json",
         }
+        | ({"exchange": {**exchange, "stage": u.name}} if exchange else {})
         for u in units
     ]
     if not fan_out:
@@ -196,6 +217,8 @@ def run_units(
     ]
     if failed:
         raise RuntimeError("fan-out units failed: " + "; ".join(failed))
+    if exchange:  # no shared folder: the reports are the units' Prefect artifacts
+        return [unit_artifact(fid) or {"unit": p["name"]} for p, fid in started]
     reports = []
     for p in params:
         f = ctx.workspace / p["report"]
@@ -203,11 +226,37 @@ def run_units(
     return reports
 
 
-def fan_out_stale_stages(
-    ctx: Context, groups: list[str], deployment: str, timeout_s: float
-) -> list[dict[str, Any]]:
+def unit_artifact(flow_run_id: Any) -> dict[str, Any] | None:
+    """The report a unit published as its flow run's ``lines-unit-report`` artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    from flows.units import REPORT_ARTIFACT
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                key=ArtifactFilterKey(any_=[REPORT_ARTIFACT]),
+            )
+        )
+    for a in arts:
+        text = str(a.data or "")
+        start, end = text.find("{"), text.rfind("}")
+        if start >= 0:
+            return json.loads(text[start : end + 1])
+    return None
+
+
+def fan_out_stale_stages(ctx: Context, groups: list[str], run: RunOptions) -> list[dict[str, Any]]:
     """Run the stale stages of the foreach ``groups`` (fine-tuning per task / per seed) as units
-    on the pool, then record them in DVC. Stages the run cache holds are left to ``dvc repro``."""
+    on the pool, then record them in DVC. Stages the run cache holds are left to ``dvc repro``.
+    With ``run.exchange_remote`` the units run on hosts of their own and come back through the
+    DVC remote (``tasks.exchange``)."""
     ws, log = ctx.workspace, logger()
     dvc_repro(ws, UNITS_UPSTREAM)  # the units' common inputs first
     stale = dvc_stale_stages(ws, groups)
@@ -220,8 +269,31 @@ def fan_out_stale_stages(
         return []
     specs = dvc_stage_specs(ws, stale)
     units = [Unit(s, [specs[s]["cmd"]], specs[s]["outs"]) for s in stale]
-    reports = run_units(ctx, units, fan_out=True, deployment=deployment, timeout_s=timeout_s)
-    dvc_commit(ws, stale)
+    exchange = None
+    if run.exchange_remote:
+        push_upstream(ws, run.exchange_remote, UNITS_UPSTREAM)
+        exchange = {
+            "repo": run.exchange_repo or str(ws),
+            "rev": head_revision(ws),
+            "remote_url": run.exchange_remote,
+            "params": {
+                str(Path(ctx.pipeline_dir) / "params.yaml"): (
+                    ctx.pipeline / "params.yaml"
+                ).read_text()
+            },
+        }
+    reports = run_units(
+        ctx,
+        units,
+        fan_out=True,
+        deployment=run.unit_deployment,
+        timeout_s=run.unit_timeout_s,
+        exchange=exchange,
+    )
+    if exchange:
+        restore_from_remote(ws, stale)
+    else:
+        dvc_commit(ws, stale)
     return reports
 
 
@@ -289,15 +361,15 @@ def run_experiment(
         tracker.start(name, tags, start_params)
         try:
             if fan_out and exp.fan_out_groups:
-                ctx.units += fan_out_stale_stages(
-                    ctx, exp.fan_out_groups, run.unit_deployment, run.unit_timeout_s
-                )
+                ctx.units += fan_out_stale_stages(ctx, exp.fan_out_groups, run)
             dvc_repro(ws, exp.targets)
             if exp.extra_units is not None:
                 ctx.units += run_units(
                     ctx,
                     exp.extra_units(ctx),
-                    fan_out=fan_out,
+                    # extra units are commands over the workspace's files, not DVC stages: with
+                    # an exchange remote (no shared folder) they run here
+                    fan_out=fan_out and not run.exchange_remote,
                     deployment=run.unit_deployment,
                     timeout_s=run.unit_timeout_s,
                 )

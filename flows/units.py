@@ -6,6 +6,10 @@ deployment (``run_deployment``); every worker polling the work pool may pick one
 in parallel on as many workers (or machines sharing the workspace folder) as the pool has. The
 parent waits for all of them, then records the stages in DVC (``dvc commit``) and continues.
 A unit never touches ``params.yaml`` or ``dvc.lock``: the parent holds the workspace lock.
+
+With ``exchange`` (hosts that share no filesystem, ``tasks.exchange``) a unit runs in a clone of its
+own and exchanges inputs and outputs through a DVC remote; its report travels back as a Prefect
+artifact (key ``lines-unit-report``) of its flow run.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ def run_stage_command(workspace: Path, name: str, cmds: list[str], outs: list[st
     return outs
 
 
+REPORT_ARTIFACT = "lines-unit-report"
+
+
 @flow(name="stage-unit", retries=1, retry_delay_seconds=5, log_prints=True)
 def stage_unit(
     workspace: str,
@@ -50,9 +57,24 @@ def stage_unit(
     cmds: list[str],
     outs: list[str],
     report: str | None = None,
+    exchange: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one unit (a DVC stage's command, or any command list) in ``workspace``; write a small
-    JSON report (where it ran, how long) to ``report`` if given."""
+    JSON report (where it ran, how long) to ``report`` if given. With ``exchange`` (``repo``,
+    ``rev``, ``remote_url``, ``params``, ``stage``: see :func:`tasks.exchange.run_in_clone`) run the
+    stage in a clone of its own instead, through the DVC remote; ``workspace`` is not read."""
+    if exchange is not None:
+        from prefect.artifacts import create_markdown_artifact
+
+        from tasks.exchange import run_in_clone
+
+        info = run_in_clone(name=name, **exchange)
+        create_markdown_artifact(
+            markdown=f"```json\n{json.dumps(info, indent=2)}\n```",
+            key=REPORT_ARTIFACT,
+            description=f"where and how long unit {name} ran",
+        )
+        return info
     t0 = time.time()
     run_stage_command(Path(workspace), name, cmds, outs)
     info = {

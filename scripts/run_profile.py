@@ -255,7 +255,7 @@ def run(
         for name, argv in stage_commands(params, finetune_seed):
             if name.split("@")[0] in skip:
                 continue
-            if stages and name.split("@")[0] not in stages:
+            if stages and name.split("@")[0] not in stages and name not in stages:
                 continue
             mod = importlib.import_module(argv[0])
             t0 = time.perf_counter()
@@ -299,9 +299,12 @@ def run_shared(profile: Path, workdir: Path) -> dict[str, float]:
     return {f"shared:{k}": v for k, v in run(params, shared, pre).items()}
 
 
-def run_unit(profile: Path, workdir: Path, unit: str) -> dict[str, float]:
+def run_unit(
+    profile: Path, workdir: Path, unit: str, stages: list[str] | None = None
+) -> dict[str, float]:
     """One unit (``<budget>/seed<s>``) in ``WORKDIR/<budget>/seed<s>``, sharing ``WORKDIR/shared``'s
-    data and heads by symlink."""
+    data and heads by symlink; ``stages`` (names like ``merge`` or ``finetune@trec``) runs only
+    those, so independent stages of one unit may run as parallel processes."""
     params, seeds, budgets = _runs_spec(profile)
     by_label = {budget_label(b): b for b in budgets}
     label, _, seed_s = unit.partition("/")
@@ -315,7 +318,7 @@ def run_unit(profile: Path, workdir: Path, unit: str) -> dict[str, float]:
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
             link.symlink_to((shared / rel).resolve(), target_is_directory=True)
-    t = run(p, wd, None, seed, skip=("fetch", "heads"))
+    t = run(p, wd, stages, seed, skip=("fetch", "heads"))
     return {f"{unit}:{k}": v for k, v in t.items()}
 
 
@@ -357,15 +360,23 @@ def main() -> None:
     g.add_argument("--shared", action="store_true", help="only the shared stages (fetch, heads)")
     g.add_argument("--unit", help="only this unit, <budget>/seed<s> (after --shared)")
     g.add_argument("--aggregate", action="store_true", help="only the aggregate of the units")
+    g.add_argument(
+        "--list-stages", action="store_true", help="print the stage names, in pipeline order"
+    )
     a = ap.parse_args()
     profile = a.profile.resolve()
     if a.list_units:
         print("\n".join(units(profile)))
         return
+    if a.list_stages:
+        params = yaml.safe_load(a.profile.read_text())
+        params.pop("runs", None)
+        print("\n".join(name for name, _ in stage_commands(params)))
+        return
     if a.shared:
         times = run_shared(profile, a.workdir)
     elif a.unit:
-        times = run_unit(profile, a.workdir, a.unit)
+        times = run_unit(profile, a.workdir, a.unit, a.stages)
     elif a.aggregate:
         aggregate_units(profile, a.workdir)
         return

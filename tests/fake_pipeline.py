@@ -8,7 +8,9 @@ repository. The fake stages accept the real command lines (same options, parsed 
 stage parser's module loaded without importing torch) and write outputs in the real formats with
 deterministic numbers; the report stage runs the real ``lines/pipeline/report.py``.
 ``FAKE_STAGE_SLEEP`` (seconds) slows the fine-tuning stages down and ``FAKE_STAGE_TRACE`` (a file)
-appends "start/end <stage> <time>" lines, for the concurrency tests.
+appends "start/end <stage> <time>" lines, for the concurrency tests; ``FAKE_STAGE_FAIL`` (a task)
+makes its fine-tuning fail, ``FAKE_STAGE_KILL_ONCE`` (a marker file) kills the first fine-tuning
+by SIGKILL after it wrote half an output.
 """
 
 from __future__ import annotations
@@ -267,6 +269,13 @@ def main():
             time.sleep(float(os.environ.get("FAKE_STAGE_SLEEP", "0")))
             if os.environ.get("FAKE_STAGE_FAIL") == a.task:
                 sys.exit(f"fake failure of {a.task}")
+            once = os.environ.get("FAKE_STAGE_KILL_ONCE")  # a marker file: killed mid-write once
+            if once and not Path(once).exists():
+                Path(once).write_text(a.task)
+                a.out.mkdir(parents=True, exist_ok=True)
+                (a.out / "model.safetensors").write_bytes(b"half-written")
+                import signal
+                os.kill(os.getpid(), signal.SIGKILL)
             a.out.mkdir(parents=True, exist_ok=True)
             (a.out / "model.safetensors").write_bytes(f"{a.task} {a.seed} {a.lr}".encode())
         else:

@@ -384,6 +384,125 @@ def test_two_workers_share_one_process_pool(
     assert run.info.status == "FINISHED"
 
 
+def _start_workers(project: Path, env: dict[str, str], hosts: dict[str, Path]) -> list[Any]:
+    """A process work pool, the deployments, and one worker per host name (``--limit 1``), each
+    with its own scratch folder (``LINES_UNIT_SCRATCH``); returns once all are online."""
+    from prefect.client.orchestration import get_client
+
+    py = [sys.executable, "-m", "prefect"]
+    subprocess.run(
+        [*py, "work-pool", "create", "lines", "--type", "process"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+    )
+    dep = subprocess.run(
+        [*py, "--no-prompt", "deploy", "--all"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert dep.returncode == 0, dep.stdout[-3000:] + dep.stderr[-3000:]
+    workers = [
+        subprocess.Popen(
+            [*py, "worker", "start", "--pool", "lines", "--name", name, "--limit", "1"],
+            cwd=project,
+            env={**env, "LINES_UNIT_SCRATCH": str(scratch)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for name, scratch in hosts.items()
+    ]
+    with get_client(sync_client=True) as client:
+        t0 = time.time()
+        names: set[str] = set()
+        while time.time() - t0 < 120:
+            names = {w.name for w in client.read_workers_for_work_pool("lines")}
+            if set(hosts) <= names:
+                break
+            time.sleep(1)
+    assert set(hosts) <= names, names
+    return workers
+
+
+def _stop_workers(workers: list[Any]) -> None:
+    for w in workers:
+        os.killpg(w.pid, signal.SIGINT)
+    for w in workers:
+        try:
+            w.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(w.pid, signal.SIGKILL)
+
+
+def test_two_hosts_without_a_shared_folder_exchange_through_a_dvc_remote(
+    prefect_api: str,
+    project: Path,
+    mlflow_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 15's multi-host path on one machine: two workers, each with its own scratch folder
+    (its "host"), run the fine-tuning units in clones of their own; inputs and outputs travel only
+    through a folder DVC remote (standing in for S3/GCS); the parent restores the units' stages
+    from the remote's run cache and finishes; the units' reports come back as Prefect artifacts.
+    The first unit's fine-tuning is killed mid-write once: Prefect retries it and no
+    half-written output reaches the remote or the parent."""
+    from flows._core import RunOptions
+    from flows.merging import merging_benchmark
+
+    remote = tmp_path / "remote"
+    hosts = {"hostA": tmp_path / "hostA", "hostB": tmp_path / "hostB"}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api,
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "FAKE_STAGE_SLEEP": "2",
+        "FAKE_STAGE_KILL_ONCE": str(tmp_path / "killed-once"),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
+    workers = _start_workers(project, env, hosts)
+    try:
+        res = merging_benchmark(
+            workspace=str(project),
+            fan_out=True,
+            name="t-two-hosts",
+            methods=["task_arithmetic"],
+            run=RunOptions(exchange_remote=str(remote)),
+        )
+    finally:
+        _stop_workers(workers)
+    stages = {
+        "finetune@trec",
+        "finetune@bbc_news",
+        "finetune@rotten_tomatoes",
+        "finetune@sms_spam",
+        "finetune_seed@1",
+    }
+    units = {u["unit"]: u for u in res["units"]}
+    assert set(units) == stages
+    assert {u["worker"] for u in units.values()} == set(hosts), units
+    for u in units.values():  # each ran in a clone under its worker's scratch folder
+        assert Path(u["clone"]).parent == hosts[u["worker"]]
+        assert u["restored_upstream"] == ["fetch", "heads"]
+    assert (tmp_path / "killed-once").is_file()  # one unit was killed, retried and completed
+    files = [p.read_bytes() for p in remote.rglob("*") if p.is_file()]
+    assert not any(b"half-written" in b for b in files)
+    for s in stages - {"finetune_seed@1"}:
+        t = s.split("@")[1]
+        got = (project / "out/finetune" / t / "model.safetensors").read_bytes()
+        assert got == f"{t} 0 0.0003".encode()
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True
+    ).stdout
+    assert "up to date" in status
+    run, _ = mlflow_run(mlflow_uri, "lines-merging", "t-two-hosts")
+    assert run.info.status == "FINISHED"
+    assert "t-two-hosts" in dvc_exps(project)
+
+
 def test_profile_and_overrides_keep_comments(tmp_path: Path) -> None:
     from flows.profile import main as profile_main
     from orchestration.workspace import read_params

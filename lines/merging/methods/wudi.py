@@ -18,8 +18,11 @@ class Wudi(MergeMethod):
     (learning rate ``lr``) on Σ_i ‖(τ_m − τ_i)·τ_iᵀ‖²_F / ‖τ_i‖²_F — the interference each task
     vector's own row space sees; other tensors are averaged. As FusionBench's ``wudi_merging``
     (its default of 400 iterations; a task whose matrix is unchanged contributes nothing, where
-    FusionBench's division by ‖τ_i‖² = 0 makes the merge NaN). Runs on the merge device: a GPU for real models (each
-    iteration is N matrix products per weight matrix)."""
+    FusionBench's division by ‖τ_i‖² = 0 makes the merge NaN). Every 2-D tensor is a weight
+    matrix here, as in FusionBench (embedding tables included); for tall ones the loss is computed
+    through column Gram matrices (:func:`interference`), the same value at a fraction of the
+    memory. Runs on the merge device: a GPU for real models (each iteration is N matrix products
+    per weight matrix)."""
 
     name: ClassVar[str] = "wudi"
     summary: ClassVar[str] = "data-free per-matrix optimisation of the merged task vector"
@@ -45,13 +48,38 @@ class Wudi(MergeMethod):
             # A task that left this matrix unchanged (τ_i = 0) contributes (τ_m − 0)·0ᵀ = 0: its
             # term is 0, not 0/0 (FusionBench divides by zero there and the merge turns NaN).
             l2 = torch.where(l2 > 0, l2, torch.ones_like(l2))
+            gram = gram_of(tvs) if tall(tvs) else None
             for _ in range(self.iterations):
-                product = torch.matmul(merged.unsqueeze(0) - tvs, tvs.transpose(1, 2))
-                loss = torch.sum(torch.square(product) / l2.unsqueeze(-1).unsqueeze(-1))
+                loss = interference(merged, tvs, l2, gram)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
         return merged.detach()
+
+
+def tall(tvs: torch.Tensor) -> bool:
+    """More rows than columns (an embedding table, a vocabulary head): the (rows × rows) product
+    of the loss would dwarf the matrix (30,522² per task for BERT's word embeddings)."""
+    return tvs.shape[1] > tvs.shape[2]
+
+
+def gram_of(tvs: torch.Tensor) -> torch.Tensor:
+    """τ_iᵀ τ_i per task, (N, cols, cols)."""
+    return torch.matmul(tvs.transpose(1, 2), tvs)
+
+
+def interference(
+    merged: torch.Tensor, tvs: torch.Tensor, l2: torch.Tensor, gram: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Σ_i ‖(τ_m − τ_i)·τ_iᵀ‖²_F / ‖τ_i‖²_F (WUDI's loss). With ``gram`` (τ_iᵀτ_i) the same value
+    through ‖ABᵀ‖²_F = tr(AᵀA·BᵀB) = Σ (AᵀA ∘ BᵀB): (cols × cols) products instead of
+    (rows × rows), for tall matrices; equal up to rounding."""
+    diff = merged.unsqueeze(0) - tvs
+    if gram is None:
+        product = torch.matmul(diff, tvs.transpose(1, 2))
+        return torch.sum(torch.square(product) / l2.unsqueeze(-1).unsqueeze(-1))
+    per_task = torch.sum(torch.matmul(diff.transpose(1, 2), diff) * gram, dim=(1, 2))
+    return torch.sum(per_task / l2)
 
 
 METHOD = Wudi
