@@ -14,8 +14,24 @@ def _metrics(ret: float, delta: float) -> dict:
         "regime": {"retention": {"value": ret}, "task_arithmetic_norm": {"value": 0.9}},
         "finetuned_test_avg_acc": 0.8,
         "pretrained_test_avg_acc": 0.6,
-        "merge": {"task_arithmetic": {"lines_delta_norm": delta}},
+        "merge": {
+            "task_arithmetic": {
+                "test_avg_norm": 0.9,
+                "lines_test_avg_norm": 0.9 + delta,
+                "lines_delta_norm": delta,
+            }
+        },
         "edit": {"test_control_norm": 0.95, "test_target_norm": 0.99},
+        "schedules": {
+            "task_arithmetic": {
+                "linear": {"test_avg_norm": 0.9},
+                "reversed": {"test_avg_norm": 0.9 + 2 * delta, "delta_vs_linear": 2 * delta},
+            }
+        },
+        "learned": {
+            "lines": {"test_avg_norm": 0.9 + delta, "cost_wall_s": 10.0},
+            "atlas": {"test_avg_norm": 0.95, "delta_vs_lines": 0.05 - delta, "cost_wall_s": 30.0},
+        },
     }
 
 
@@ -45,6 +61,11 @@ def test_aggregate_writes_table_and_plot(tmp_path):
     assert "| steps300 |" in md and "90.0 ± 0.0 (n=2)" in md
     assert "| steps300 | 80.0 ± 0.0 (n=2) | 90.0 ± 0.0 (n=2) | 95.0 ± 0.0 (n=2) | 99.0" in md
     assert (tmp_path / "agg" / "budget_sweep.png").stat().st_size > 5000
+    # per budget: each method with and without LiNeS, the schedules' Δ, the learned baselines
+    assert "| task_arithmetic | 90.0 ± 0.0 (n=2) | 90.5 ± 0.7 (n=2) | +0.5 ± 0.7 |" in md
+    assert "| task_arithmetic | 90.0 ± 0.0 (n=2) | +1.0 ± 1.4 |" in md  # reversed: 2Δ = 0, 2
+    assert "| atlas | 95.0 ± 0.0 (n=2) | +4.5 ± 0.7 | 30 ± 0 |" in md
+    assert res["steps60"]["learned"]["lines"]["test_avg_norm"]["mean"] == pytest.approx(0.905)
 
 
 def test_run_profile_units_of_a_runs_block(tmp_path):

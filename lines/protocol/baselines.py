@@ -86,7 +86,8 @@ def run_baselines(
     res: dict[str, Any] = {
         "tasks": list(tasks),
         "num_blocks": L,
-        "device": str(dev),
+        # where the forward/backward passes (the cost) ran; θ may be assembled elsewhere (bench)
+        "device": str(mdev),
         "adamerging_inputs": inputs,
         "methods": {},
     }
@@ -99,7 +100,7 @@ def run_baselines(
 
     # -- TA + LiNeS: the reference (β on val over the grid, α by the rule, one test pass) -----
     cost = Cost()
-    with measured(cost, dev):
+    with measured(cost, mdev):
         tau, man = bench.task_vector("learned-ta", fts, TaskArithmetic())
         norms = man["norms"]
         alpha = auto_alpha(norms["task_vector_sum"], norms["merged_task_vector"], len(tasks))
@@ -133,7 +134,7 @@ def run_baselines(
     for name in [m for m in methods if m in learn]:
         loss, split, gran, clamp = learn[name]
         cost = Cost()
-        with measured(cost, dev):
+        with measured(cost, mdev):
             coefs, group, history = learn_coefficients(
                 suite,
                 base_m,
@@ -180,7 +181,7 @@ def run_baselines(
     # -- Fisher merging: Fishers to disk, then a streaming merge -------------------------------
     if "fisher" in methods:
         cost = Cost()
-        with measured(cost, dev), tempfile.TemporaryDirectory(dir=bench.tmp) as tmp:
+        with measured(cost, mdev), tempfile.TemporaryDirectory(dir=bench.tmp) as tmp:
             fisher_paths = []
             held = 0
             for t in tasks:
@@ -223,7 +224,7 @@ def run_baselines(
     if "ensemble" in methods:
         cost = Cost()
         combine_by = str(cfg.get("ensemble_combine", "logits"))
-        with measured(cost, dev):
+        with measured(cost, mdev):
             members = [on(bench.load(p)) for p in fts]
             correct = ensemble_correct(
                 suite, members, tasks, "test", combine_by=combine_by, cost=cost

@@ -42,10 +42,88 @@ def summarise(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             [m["edit"]["test_control_norm"] - m["regime"]["retention"]["value"] for m in metrics]
         ),
     }
+    out["baseline_norm"], out["lines_norm"] = {}, {}
     for name in metrics[0]["merge"] if metrics else []:
         out["lines_delta_norm"][name] = _mean_sd(
             [m["merge"][name]["lines_delta_norm"] for m in metrics]
         )
+        out["baseline_norm"][name] = _mean_sd([m["merge"][name]["test_avg_norm"] for m in metrics])
+        out["lines_norm"][name] = _mean_sd(
+            [m["merge"][name]["lines_test_avg_norm"] for m in metrics]
+        )
+    # The schedules comparison (Δ of each family's val-chosen schedule against linear) and the
+    # learned baselines, where the runs have them.
+    if metrics and all(m.get("schedules") for m in metrics):
+        out["schedules"] = {
+            method: {
+                fam: {
+                    k: _mean_sd([m["schedules"][method][fam].get(k) for m in metrics])
+                    for k in ("test_avg_norm", "delta_vs_linear")
+                }
+                for fam in fams
+            }
+            for method, fams in metrics[0]["schedules"].items()
+        }
+    if metrics and all(m.get("learned") for m in metrics):
+        out["learned"] = {
+            name: {
+                k: _mean_sd([m["learned"][name].get(k) for m in metrics])
+                for k in ("test_avg_norm", "delta_vs_lines", "cost_wall_s")
+            }
+            for name in metrics[0]["learned"]
+        }
+    return out
+
+
+def _detail_md(label: str, r: Mapping[str, Any], ms: Any) -> list[str]:
+    """Per budget: each merge method with and without LiNeS, the schedules' Δ against linear and
+    the learned baselines, mean ± sd over seeds."""
+
+    def pts(d: Mapping[str, float]) -> str:
+        return f"{100 * d['mean']:+.1f} ± {100 * d['sd']:.1f}"
+
+    out = [
+        "",
+        f"### {label}: merging (normalised test accuracy %, mean ± sd over seeds)",
+        "",
+        "| method | baseline | + LiNeS | Δ (points) |",
+        "|---|---|---|---|",
+    ]
+    for m in r["lines_delta_norm"]:
+        out.append(
+            f"| {m} | {ms(r['baseline_norm'][m])} | {ms(r['lines_norm'][m])} | "
+            f"{pts(r['lines_delta_norm'][m])} |"
+        )
+    if r.get("schedules"):
+        fams = list(next(iter(r["schedules"].values())))
+        out += [
+            "",
+            f"### {label}: schedules, Δ of each family's val-chosen schedule against linear "
+            "(points, mean ± sd)",
+            "",
+            "| method | linear (norm %) | " + " | ".join(f for f in fams if f != "linear") + " |",
+            "|---|---|" + "---|" * (len(fams) - 1),
+        ]
+        for m, by in r["schedules"].items():
+            out.append(
+                f"| {m} | {ms(by['linear']['test_avg_norm'])} | "
+                + " | ".join(pts(by[f]["delta_vs_linear"]) for f in fams if f != "linear")
+                + " |"
+            )
+    if r.get("learned"):
+        out += [
+            "",
+            f"### {label}: learned baselines and output ensembles (mean ± sd)",
+            "",
+            "| method | normalised test % | Δ vs TA + LiNeS (points) | wall s |",
+            "|---|---|---|---|",
+        ]
+        for m, d in r["learned"].items():
+            delta = "–" if m == "lines" else pts(d["delta_vs_lines"])
+            w = d["cost_wall_s"]
+            out.append(
+                f"| {m} | {ms(d['test_avg_norm'])} | {delta} | {w['mean']:.0f} ± {w['sd']:.0f} |"
+            )
     return out
 
 
@@ -85,6 +163,8 @@ def aggregate(runs: Mapping[str, Sequence[Path]], out_dir: Path) -> dict[str, An
             + " | ".join(ms(r["lines_delta_norm"][m]) for m in methods)
             + " |"
         )
+    for label, r in res.items():
+        lines += _detail_md(label, r, ms)
     (out_dir / "runs.md").write_text("\n".join(lines) + "\n")
     if len(res) >= 2:
         import matplotlib
