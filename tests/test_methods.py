@@ -480,3 +480,32 @@ def test_ties_majority_sign_exact_beyond_float32_integers():
     out = run_stream(m, {"x": [tau, other]})
     assert m._majority == 1  # Σ signs = (n + 1) − n + 0 = 1
     assert float(out["x"][-1]) == 1.0
+
+
+@pytest.mark.parametrize("name", ["ties", "magnitude_prune"])
+def test_per_tensor_trim_in_chunks_gives_the_whole_tensor_bits(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Per-tensor scope hands the method a whole tensor; it trims, elects and merges it in chunks of
+    # the flattened entries (memory: issue 13). Thresholds are the whole row's, every later step is
+    # per entry, so any chunking — here 7 entries, splitting rows mid-way — gives the same bits,
+    # and the trim is the reference one: x · (|x| ≥ the (d − ⌊d·density⌋)-th smallest |x|).
+    import lines.merging.sparsify as sp
+    from lines.merging import make_method
+    from lines.merging.base import TaskVectors, kth_threshold
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 9, generator=g)
+    x[:, 0, 0] = torch.tensor([1.0, -1.0, 0.0])  # an exact zero sum of kept entries (a tie)
+
+    def run() -> torch.Tensor:
+        m = make_method(name, density=0.4, scope="per_tensor")
+        m.begin(3, x[0].numel(), "cpu")
+        return m.merge_tensor("k", TaskVectors(x.clone()))
+
+    whole = run()
+    monkeypatch.setattr(sp, "CHUNK", 7)
+    assert torch.equal(run(), whole)
+    trimmed = torch.stack([t * (t.abs() >= kth_threshold(t.abs(), 0.4)) for t in x])
+    if name == "magnitude_prune":
+        assert torch.equal(whole, trimmed.sum(0))

@@ -158,13 +158,16 @@ def disjoint_mean(trimmed: Sequence[torch.Tensor], sign: torch.Tensor) -> torch.
     return selected.sum(0) / count
 
 
-def disjoint_mean_stacked(x: torch.Tensor, sign: torch.Tensor, with_count: bool = False) -> Any:
+def disjoint_mean_stacked(
+    x: torch.Tensor, sign: torch.Tensor, with_count: bool = False, inplace: bool = False
+) -> Any:
     """``disjoint_mean`` on an (N, …) stack, bit for bit, in fewer passes: with s = +1 where
     ``sign`` > 0 and −1 elsewhere, the selected entries are those with s·x > 0, so
     Σ selected = s·Σ max(s·x, 0) (negation is exact) and the count is #(s·x > 0).
-    ``with_count``: also return that count (before clamping to 1)."""
+    ``with_count``: also return that count (before clamping to 1). ``inplace``: overwrite ``x``
+    (a stack the caller owns) instead of allocating another N-stack."""
     s = torch.where(sign > 0, 1.0, -1.0).to(x.dtype)
-    y = (x * s).clamp_(min=0)
+    y = (x.mul_(s) if inplace else x * s).clamp_(min=0)
     count = (y > 0).sum(0)
     out = y.sum(0).mul_(s) / count.clamp(min=1)
     return (out, count) if with_count else out

@@ -5,7 +5,7 @@ the reference implementation) or within each tensor."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -72,7 +72,15 @@ class MagnitudeTrimmer:
         if self.density >= 1:
             return x.clone()
         if self.scope != "global":
-            return torch.stack(self.apply(list(x.unbind(0))))
+            # Written row by row into one output: no list of N trimmed copies and no stack of
+            # them (with the input stack that was 3 stacks of the largest tensor at once).
+            out = torch.empty_like(x)
+            for i in range(x.shape[0]):
+                a = x[i].abs()
+                thr = kth_threshold(a, self.density)
+                torch.mul(x[i], a >= thr, out=out[i])
+                del a
+            return out
         thr = self._thr.get(x.device)
         if thr is None:
             thr = torch.tensor(self.thresholds(), dtype=torch.float32, device=x.device)
@@ -80,12 +88,45 @@ class MagnitudeTrimmer:
         mask = x.abs() >= thr.view(-1, *([1] * (x.dim() - 1)))
         return x * mask
 
+    def row_thresholds(self, flat: torch.Tensor) -> torch.Tensor:
+        """The (N,) float32 thresholds of the rows of an (N, d) stack: the global ones, or each
+        row's own k-th value (computed one row at a time, so only one row's |τ| is extra)."""
+        n = flat.shape[0]
+        if self.density >= 1:
+            return torch.full((n,), float("-inf"), dtype=torch.float32, device=flat.device)
+        if self.scope == "global":
+            thr = self._thr.get(flat.device)
+            if thr is None:
+                thr = torch.tensor(self.thresholds(), dtype=torch.float32, device=flat.device)
+                self._thr[flat.device] = thr
+            return thr
+        vals = [kth_threshold(flat[i].abs(), self.density) for i in range(n)]
+        return torch.tensor(vals, dtype=torch.float32, device=flat.device)
+
     def apply(self, taus: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if self.density >= 1:
             return list(taus)
         if self.scope == "global":
             return [trim(t, thr) for t, thr in zip(taus, self.thresholds(), strict=True)]
         return [trim(t, kth_threshold(t.abs(), self.density)) for t in taus]
+
+
+# Entries per row of one chunk of a whole tensor (per-tensor scope): the trimmed copy and the
+# elect/merge temporaries then cost N × 16 MB, not N × the largest tensor.
+CHUNK = 1 << 22
+
+
+def trimmed_chunks(
+    trimmer: MagnitudeTrimmer, x: torch.Tensor
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The trimmed (N, chunk) pieces of the (N, …) stack ``x`` along its flattened entries, each
+    a new tensor (x · (|x| ≥ thr_i), as ``trim``); per-tensor thresholds are taken over the whole
+    tensor first. Element-wise steps after the trim give the same bits chunk by chunk."""
+    flat = x.reshape(x.shape[0], -1)
+    thr = trimmer.row_thresholds(flat).view(-1, 1)
+    for a in range(0, flat.shape[1], CHUNK):
+        c = flat[:, a : a + CHUNK]
+        yield slice(a, a + c.shape[1]), c * (c.abs() >= thr)
 
 
 @dataclasses.dataclass

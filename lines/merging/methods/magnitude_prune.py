@@ -6,7 +6,8 @@ from typing import ClassVar
 
 import torch
 
-from lines.merging.sparsify import TrimmedMethod
+from lines.merging.base import stacked
+from lines.merging.sparsify import TrimmedMethod, trimmed_chunks
 
 
 @dataclasses.dataclass
@@ -21,7 +22,11 @@ class MagnitudePrune(TrimmedMethod):
     reference: ClassVar[str] = "Yadav et al., NeurIPS 2023, arXiv 2306.01708 (trim step)"
 
     def merge_tensor(self, key: str, taus: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(self._trim.apply(taus)).sum(0)
+        x = stacked(taus)
+        out = torch.empty(x[0].numel(), dtype=x.dtype, device=x.device)
+        for where, t in trimmed_chunks(self._trim, x):  # per entry: same bits as whole
+            out[where] = t.sum(0)
+        return out.view(x.shape[1:])
 
 
 METHOD = MagnitudePrune

@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 
 from lines.merging.base import disjoint_mean_stacked, stacked
-from lines.merging.sparsify import TrimmedMethod
+from lines.merging.sparsify import TrimmedMethod, trimmed_chunks
 
 
 @dataclasses.dataclass
@@ -33,30 +33,37 @@ class Ties(TrimmedMethod):
         self._majority: int | None = None
 
     def merge_tensor(self, key: str, taus: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = self._trim.apply_stacked(stacked(taus))  # trimmed (N, …), a new tensor
-        raw = torch.sign(x.sum(0))
-        zero = raw == 0
+        x = stacked(taus)
         first = self._majority is None
         majority = 1.0 if first else float(self._majority)  # type: ignore[arg-type]
-        sign = torch.where(zero, torch.full_like(raw, majority), raw)
-        out, count = disjoint_mean_stacked(x, sign, with_count=True)
+        out = torch.empty(x[0].numel(), dtype=x.dtype, device=x.device)
+        signs: int | torch.Tensor = 0
+        tie: bool | torch.Tensor = False
+        # Chunk by chunk of the flattened entries (a whole tensor arrives with per-tensor scope):
+        # every step after the trim is per entry, so the bits are those of the whole tensor.
+        for where, t in trimmed_chunks(self._trim, x):
+            raw = torch.sign(t.sum(0))
+            zero = raw == 0
+            sign = torch.where(zero, torch.full_like(raw, majority), raw)
+            out[where], count = disjoint_mean_stacked(t, sign, with_count=True, inplace=True)
+            if first:
+                # First merge pass: accumulate the global majority; on exact ties (a zero sum
+                # with non-zero entries) the result depends on it, so remember the key for a
+                # fix-up. Count in int64: a float32 sum of more than 2^24 signs rounds and can
+                # flip the sign. A zero sum of non-zero entries has entries of both signs, so
+                # with the provisional majority +1 it is a zero-sum entry that kept something.
+                signs = signs + raw.sum(dtype=torch.int64)
+                tie = tie | (zero & (count > 0)).any()
         if first:
-            # First merge pass: accumulate the global majority; on exact ties (a zero sum with
-            # non-zero entries) the result depends on it, so remember the key for a fix-up.
-            # Count in int64: a float32 sum of more than 2^24 signs rounds and can flip the sign.
-            # A zero sum of non-zero entries has entries of both signs, so with the provisional
-            # majority +1 it is a zero-sum entry that kept something (no N× pass, no indexing).
             # On a GPU both stay on the device until the fix-up (no synchronisation per slice).
-            signs = raw.sum(dtype=torch.int64)
-            tie = (zero & (count > 0)).any()
-            if tie.is_cuda:
+            if isinstance(tie, torch.Tensor) and tie.is_cuda:
                 self._sign_sum = self._sign_sum + signs
                 self._pending.append((key, tie))
             else:
                 self._sign_sum += int(signs)
                 if bool(tie):
                     self._ambiguous.append(key)
-        return out
+        return out.view(x.shape[1:])
 
     def fixup_keys(self) -> list[str]:
         if self._pending:
