@@ -237,6 +237,14 @@ def combine(
     return out
 
 
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean Shannon entropy of the softmax of ``logits`` (B, C), AdaMerging's objective (Yang et
+    al., ICLR 2024, Eq. 5), through log-softmax (FusionBench's ``entropy_loss`` uses
+    log(p + 1e-8): the same up to that ε)."""
+    p = torch.softmax(logits, dim=-1)
+    return (-(p * torch.log_softmax(logits, dim=-1)).sum(-1)).mean()
+
+
 def learn_coefficients(
     suite: Differentiable,
     base: Params,
@@ -283,8 +291,7 @@ def learn_coefficients(
             idx = next(feeds[t])
             z = logits_with(suite, params, t, split, idx).float()
             if loss == "entropy":
-                p = torch.softmax(z, dim=-1)
-                total = total + (-(p * torch.log_softmax(z, dim=-1)).sum(-1)).mean()
+                total = total + entropy(z)
             else:
                 y = labels[t][idx].to(z.device)
                 total = total + torch.nn.functional.cross_entropy(z, y)
