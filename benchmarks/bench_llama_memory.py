@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-V, H, I, L = 32000, 1024, 2816, 16
+V, H, FF, L = 32000, 1024, 2816, 16
 CASES = [
     ("task_arithmetic", []),
     ("ties", ["--scope", "global"]),
@@ -43,9 +43,9 @@ def shapes():
         p = f"model.layers.{i}."
         for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
             yield p + f"self_attn.{n}.weight", (H, H)
-        yield p + "mlp.gate_proj.weight", (I, H)
-        yield p + "mlp.up_proj.weight", (I, H)
-        yield p + "mlp.down_proj.weight", (H, I)
+        yield p + "mlp.gate_proj.weight", (FF, H)
+        yield p + "mlp.up_proj.weight", (FF, H)
+        yield p + "mlp.down_proj.weight", (H, FF)
         yield p + "input_layernorm.weight", (H,)
         yield p + "post_attention_layernorm.weight", (H,)
     yield "model.norm.weight", (H,)

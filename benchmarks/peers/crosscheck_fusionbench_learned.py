@@ -124,7 +124,10 @@ def main() -> int:
         mine = fisher_merge([lambda f=f: f for f in fts], [lambda f=f: f for f in fis], floor=1e-6)
         for norm, note in (
             (0, "normalize_fisher_weight=False: the same formula"),
-            (1, "FusionBench's default rescales each model's Fisher by 1/‖F_t‖ first; ours does not"),
+            (
+                1,
+                "FusionBench's default rescales each model's Fisher by 1/‖F_t‖ first; ours does not",
+            ),
         ):
             theirs = load_file(str(root / f"peer_fisher_norm{norm}.safetensors"))
             for k in keys:
