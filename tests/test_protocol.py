@@ -245,3 +245,29 @@ def test_grid_edge_notes_flag_choices_at_the_grid_edge():
     assert "- ties: β = 1 is the largest value of its grid" in notes
     assert not any("cons" in n for n in notes)  # β = 0 is a real bound, not a clipped optimum
     assert grid_edge_notes({"methods": {"x": method(0.4, 0.5)}}) == []
+
+
+def test_an_accelerated_method_merges_on_the_suites_gpu(bert_ckpts, monkeypatch) -> None:
+    # WUDI (an optimiser per matrix) declares `accelerated`: with a suite evaluating on CUDA the
+    # engine merges it there; every other method keeps the suite's engine device (the CPU here).
+    import types
+
+    import lines.engine as engine
+    from lines.merging import make_method
+    from lines.protocol.suite import Workbench
+
+    seen = []
+    real = engine.build_task_vector
+
+    def spy(*args, device="cpu", **kw):
+        seen.append(device)
+        return real(*args, device="cpu", **kw)  # CI has no GPU: run it on the CPU anyway
+
+    monkeypatch.setattr(engine, "build_task_vector", spy)
+    ev = _Acc()
+    ev.backbone = types.SimpleNamespace(device=torch.device("cuda", 0))
+    with Workbench(bert_ckpts.pretrained, ev) as wb:
+        wb.task_vector("w", bert_ckpts.finetuned[:2], make_method("wudi", iterations=1))
+        wb.task_vector("t", bert_ckpts.finetuned[:2], make_method("task_arithmetic"))
+    assert seen == ["cuda:0", "cpu"]
+    assert make_method("wudi").accelerated and not make_method("ties").accelerated

@@ -37,6 +37,9 @@ class MergeMethod(ABC):
     # tensor in slices. Declared by each method (a property where a parameter decides it, e.g.
     # TIES's per-tensor trim); False, the safe answer, for a method that says nothing.
     elementwise: ClassVar[bool] = False
+    # Whether the method iterates (an optimiser per matrix, e.g. WUDI) and so should merge on the
+    # accelerator the suite evaluates on even where a suite otherwise merges on the CPU.
+    accelerated: ClassVar[bool] = False
     # Pipeline keys of the parameters that are not named ``<method>_<field>`` in the params'
     # ``merge`` section (see ``lines.merging.params``): field → key.
     param_keys: ClassVar[dict[str, str]] = {}

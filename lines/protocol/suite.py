@@ -154,6 +154,12 @@ class Workbench:
         from lines.engine import build_task_vector
 
         path = self.tmp / f"{name}.safetensors"
+        engine_device = self.engine_device
+        # An iterative method merges where the suite evaluates when that is a GPU (the others keep
+        # the suite's engine device and so their numbers).
+        eval_device = getattr(getattr(self.evaluator, "backbone", None), "device", None)
+        if getattr(method, "accelerated", False) and getattr(eval_device, "type", "") == "cuda":
+            engine_device = str(eval_device)
         man = build_task_vector(
             self.pretrained,
             list(finetuned),
@@ -164,7 +170,7 @@ class Workbench:
             norm=norm,  # type: ignore[arg-type]
             overwrite=True,
             progress=False,
-            device=self.engine_device,
+            device=engine_device,
         )
         tau = {k: v.to(self.device, torch.float32) for k, v in load_state_dict(path).items()}
         path.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ class Wudi(MergeMethod):
     name: ClassVar[str] = "wudi"
     summary: ClassVar[str] = "data-free per-matrix optimisation of the merged task vector"
     reference: ClassVar[str] = "Cheng et al., ICML 2025, arXiv 2503.08099"
+    accelerated: ClassVar[bool] = True  # 400 Adam steps per matrix: merge on the suite's GPU
 
     iterations: int = dataclasses.field(default=400, metadata={"help": "Adam steps, ≥ 0"})
     lr: float = dataclasses.field(default=1e-5, metadata={"help": "Adam learning rate, > 0"})
