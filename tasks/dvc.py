@@ -23,12 +23,15 @@ from orchestration.proc import dvc_argv, logger, run_command, tool_env
 LOG_DIR = ".dvc/tmp/lines-logs"
 
 
-def _log(workspace: Path, name: str) -> Path:
+def log_file(workspace: Path, name: str) -> Path:
+    """Where the tasks log the commands they run (one file per kind of command)."""
     return Path(workspace) / LOG_DIR / f"{name}.log"
 
 
 def dvc(workspace: Path, *args: str, quiet: bool = False, log: str = "dvc") -> str:
-    return run_command(dvc_argv(*args), Path(workspace), log_file=_log(workspace, log), quiet=quiet)
+    return run_command(
+        dvc_argv(*args), Path(workspace), log_file=log_file(workspace, log), quiet=quiet
+    )
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -34,17 +34,14 @@ from typing import Any
 from prefect import task
 
 from orchestration.proc import dvc_argv, logger, run_command
-from tasks.dvc import transient
+from tasks.dvc import dvc, log_file, transient
 
 REMOTE = "lines-exchange"  # the remote's name, in each workspace's local (untracked) DVC config
 
 
 def _dvc(cwd: Path, *args: str, log: Path) -> str:
+    """DVC in a unit's clone, logged beside it (``tasks.dvc.dvc`` logs inside a workspace)."""
     return run_command(dvc_argv(*args), cwd, log_file=log)
-
-
-def _log(workspace: Path, name: str) -> Path:
-    return Path(workspace) / ".dvc/tmp/lines-logs" / f"{name}.log"
 
 
 def head_revision(workspace: Path) -> str:
@@ -79,10 +76,8 @@ def head_revision(workspace: Path) -> str:
 def push_upstream(workspace: Path, remote_url: str, targets: Sequence[str]) -> None:
     """Name the exchange remote in the workspace's local config and push ``targets`` (with their
     upstream) and the run cache to it."""
-    ws = Path(workspace)
-    log = _log(ws, "exchange")
-    _dvc(ws, "remote", "add", "--local", "--force", REMOTE, remote_url, log=log)
-    _dvc(ws, "push", "--run-cache", "--with-deps", "-r", REMOTE, *targets, log=log)
+    dvc(workspace, "remote", "add", "--local", "--force", REMOTE, remote_url, log="exchange")
+    dvc(workspace, "push", "--run-cache", "--with-deps", "-r", REMOTE, *targets, log="exchange")
 
 
 @task(name="dvc-exchange-restore", retries=3, retry_delay_seconds=2, retry_condition_fn=transient)
@@ -98,7 +93,7 @@ def restore_from_remote(workspace: Path, stages: Sequence[str]) -> list[str]:
         "r.reproduce(sys.argv[2:], pull=True)\n"
     )
     out = run_command(
-        [sys.executable, "-c", code, REMOTE, *stages], ws, log_file=_log(ws, "exchange")
+        [sys.executable, "-c", code, REMOTE, *stages], ws, log_file=log_file(ws, "exchange")
     )
     ran = [s for s in stages if f"Running stage '{s}'" in out]
     if ran:

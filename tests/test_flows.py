@@ -302,8 +302,6 @@ def test_two_workers_share_one_process_pool(
 ) -> None:
     """Fan-out: the fine-tuning units are deployment runs; two workers polling the same process
     pool (one unit at a time each) both pick some up; the parent records them in DVC."""
-    from prefect.client.orchestration import get_client
-
     from flows.merging import merging_benchmark
 
     env = {
@@ -313,54 +311,15 @@ def test_two_workers_share_one_process_pool(
         "FAKE_STAGE_SLEEP": "3",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
     }
-    py = [sys.executable, "-m", "prefect"]
-    subprocess.run(
-        [*py, "work-pool", "create", "lines", "--type", "process"],
-        cwd=project,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    dep = subprocess.run(
-        [*py, "--no-prompt", "deploy", "--all"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert dep.returncode == 0, dep.stdout[-3000:] + dep.stderr[-3000:]
-    workers = [
-        subprocess.Popen(
-            [*py, "worker", "start", "--pool", "lines", "--name", f"w{i}", "--limit", "1"],
-            cwd=project,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        for i in (1, 2)
-    ]
+    hosts = {"w1": project.parent / "w1", "w2": project.parent / "w2"}  # scratch: unused here
+    workers = _start_workers(project, env, hosts)
     try:
-        with get_client(sync_client=True) as client:  # both workers online before the fan-out
-            t0 = time.time()
-            while time.time() - t0 < 120:
-                names = {w.name for w in client.read_workers_for_work_pool("lines")}
-                if {"w1", "w2"} <= names:
-                    break
-                time.sleep(1)
-            assert {"w1", "w2"} <= names
         monkeypatch.setenv("FAKE_STAGE_SLEEP", "3")
         res = merging_benchmark(
             workspace=str(project), fan_out=True, name="t-fan-out", methods=["task_arithmetic"]
         )
     finally:
-        for w in workers:
-            os.killpg(w.pid, signal.SIGINT)
-        for w in workers:
-            try:
-                w.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(w.pid, signal.SIGKILL)
+        _stop_workers(workers)
     units = {u["unit"]: u["worker"] for u in res["units"]}
     assert set(units) == {
         "finetune@trec",

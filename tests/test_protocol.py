@@ -250,8 +250,6 @@ def test_grid_edge_notes_flag_choices_at_the_grid_edge():
 def test_an_accelerated_method_merges_on_the_suites_gpu(bert_ckpts, monkeypatch) -> None:
     # WUDI (an optimiser per matrix) declares `accelerated`: with a suite evaluating on CUDA the
     # engine merges it there; every other method keeps the suite's engine device (the CPU here).
-    import types
-
     import lines.engine as engine
     from lines.merging import make_method
     from lines.protocol.suite import Workbench
@@ -264,10 +262,10 @@ def test_an_accelerated_method_merges_on_the_suites_gpu(bert_ckpts, monkeypatch)
         return real(*args, device="cpu", **kw)  # CI has no GPU: run it on the CPU anyway
 
     monkeypatch.setattr(engine, "build_task_vector", spy)
-    ev = _Acc()
-    ev.backbone = types.SimpleNamespace(device=torch.device("cuda", 0))
-    with Workbench(bert_ckpts.pretrained, ev) as wb:
+    with Workbench(bert_ckpts.pretrained, _Acc(), accelerator=torch.device("cuda", 0)) as wb:
         wb.task_vector("w", bert_ckpts.finetuned[:2], make_method("wudi", iterations=1))
         wb.task_vector("t", bert_ckpts.finetuned[:2], make_method("task_arithmetic"))
-    assert seen == ["cuda:0", "cpu"]
+    with Workbench(bert_ckpts.pretrained, _Acc(), accelerator="cpu") as wb:  # no GPU: stays
+        wb.task_vector("w", bert_ckpts.finetuned[:2], make_method("wudi", iterations=1))
+    assert seen == ["cuda:0", "cpu", "cpu"]
     assert make_method("wudi").accelerated and not make_method("ties").accelerated

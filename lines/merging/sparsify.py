@@ -18,7 +18,6 @@ from lines.merging.base import (
     global_k,
     kth_threshold,
     stacked,
-    trim,
 )
 
 TrimScope = Literal["global", "per_tensor"]
@@ -66,28 +65,6 @@ class MagnitudeTrimmer:
         assert self.select is not None
         return list(self.select.values)  # type: ignore[arg-type]
 
-    def apply_stacked(self, x: torch.Tensor) -> torch.Tensor:
-        """The trimmed (N, …) stack, a new tensor: entries with |τ_i| below τ_i's threshold set
-        to zero (x · (|x| ≥ thr), as ``trim``)."""
-        if self.density >= 1:
-            return x.clone()
-        if self.scope != "global":
-            # Written row by row into one output: no list of N trimmed copies and no stack of
-            # them (with the input stack that was 3 stacks of the largest tensor at once).
-            out = torch.empty_like(x)
-            for i in range(x.shape[0]):
-                a = x[i].abs()
-                thr = kth_threshold(a, self.density)
-                torch.mul(x[i], a >= thr, out=out[i])
-                del a
-            return out
-        thr = self._thr.get(x.device)
-        if thr is None:
-            thr = torch.tensor(self.thresholds(), dtype=torch.float32, device=x.device)
-            self._thr[x.device] = thr
-        mask = x.abs() >= thr.view(-1, *([1] * (x.dim() - 1)))
-        return x * mask
-
     def row_thresholds(self, flat: torch.Tensor) -> torch.Tensor:
         """The (N,) float32 thresholds of the rows of an (N, d) stack: the global ones, or each
         row's own k-th value (computed one row at a time, so only one row's |τ| is extra)."""
@@ -102,13 +79,6 @@ class MagnitudeTrimmer:
             return thr
         vals = [kth_threshold(flat[i].abs(), self.density) for i in range(n)]
         return torch.tensor(vals, dtype=torch.float32, device=flat.device)
-
-    def apply(self, taus: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        if self.density >= 1:
-            return list(taus)
-        if self.scope == "global":
-            return [trim(t, thr) for t, thr in zip(taus, self.thresholds(), strict=True)]
-        return [trim(t, kth_threshold(t.abs(), self.density)) for t in taus]
 
 
 # Entries per row of one chunk of a whole tensor (per-tensor scope): the trimmed copy and the

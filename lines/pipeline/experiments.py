@@ -32,8 +32,14 @@ def workbench(
     evaluator: Evaluator, pretrained: Path, family: str | None, block_policy: str
 ) -> Workbench:
     """θ_0 on the CPU (the evaluator copies weights into its own device's model) and task
-    vectors merged on the CPU, as this suite always did."""
-    return Workbench(pretrained, evaluator, family=family, block_policy=block_policy)
+    vectors merged on the CPU, as this suite always did, except iterative methods on its GPU."""
+    return Workbench(
+        pretrained,
+        evaluator,
+        family=family,
+        block_policy=block_policy,
+        accelerator=evaluator.backbone.device,
+    )
 
 
 def run_base_eval(

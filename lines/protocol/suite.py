@@ -97,7 +97,9 @@ class Workbench:
     """θ_0 held on the evaluation device, task vectors built by the engine, θ = θ_0 + λ(ℓ)τ.
 
     ``dtype`` casts θ_0 (None keeps the checkpoint's dtypes); ``engine_device`` is where the
-    engine merges (the text suite merges on CPU whatever it evaluates on, to keep its numbers)."""
+    engine merges (the text suite merges on CPU whatever it evaluates on, to keep its numbers);
+    ``accelerator`` (the suite's GPU, if any) is where methods that declare ``accelerated``
+    (iterative ones, e.g. WUDI) merge instead."""
 
     def __init__(
         self,
@@ -108,6 +110,7 @@ class Workbench:
         block_policy: str = "reference",
         device: torch.device | str = "cpu",
         engine_device: str = "cpu",
+        accelerator: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         scratch: Path | None = None,
     ):
@@ -116,6 +119,8 @@ class Workbench:
         self.family, self.block_policy = family, block_policy
         self.device = torch.device(device)
         self.engine_device = engine_device
+        acc = torch.device(accelerator) if accelerator is not None else None
+        self.accelerator = str(acc) if acc is not None and acc.type == "cuda" else None
         raw = load_state_dict(self.pretrained)
         self.base: dict[str, torch.Tensor] = {
             k: v.to(self.device, dtype) if dtype is not None else v.to(self.device)
@@ -154,12 +159,11 @@ class Workbench:
         from lines.engine import build_task_vector
 
         path = self.tmp / f"{name}.safetensors"
+        # An iterative method merges on the suite's GPU; the others keep the engine device (and
+        # so their numbers).
         engine_device = self.engine_device
-        # An iterative method merges where the suite evaluates when that is a GPU (the others keep
-        # the suite's engine device and so their numbers).
-        eval_device = getattr(getattr(self.evaluator, "backbone", None), "device", None)
-        if getattr(method, "accelerated", False) and getattr(eval_device, "type", "") == "cuda":
-            engine_device = str(eval_device)
+        if self.accelerator is not None and getattr(method, "accelerated", False):
+            engine_device = self.accelerator
         man = build_task_vector(
             self.pretrained,
             list(finetuned),
