@@ -26,6 +26,7 @@ from typing import Any
 
 from lines.protocol.schemas import MergeResult, SoupsResult, WiseftResult, read_output
 from orchestration.records import (
+    add_prefixed,
     editing_record,
     merging_record,
     read_json,
@@ -34,6 +35,7 @@ from orchestration.records import (
     wiseft_record,
 )
 from orchestration.tracking import Point, RunRecord
+from orchestration.workspace import pipeline_targets
 
 CLIP_DIR = "clip"  # the pipeline's folder inside the project (its dvc.yaml and params.yaml)
 STAGES = (
@@ -47,34 +49,11 @@ STAGES = (
     "schedules",
     "report",
 )
-_COMMON = {"suite", "backbone", "tasks", "seed", "seeds"}
 
 
 def dvc_targets(stages: list[str] | None) -> list[str]:
-    """``clip/dvc.yaml:<stage>`` targets for ``dvc repro``/``dvc exp save`` run from the project
-    root (the whole pipeline when ``stages`` is empty)."""
-    if not stages:
-        return [f"{CLIP_DIR}/dvc.yaml"]
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-        raise ValueError(f"unknown clip stage(s) {bad} (known: {', '.join(STAGES)})")
-    return [f"{CLIP_DIR}/dvc.yaml:{s}" for s in stages]
-
-
-def _prefixed(sub: RunRecord, prefix: str, into: RunRecord, extra: Mapping[str, Any]) -> None:
-    for k, v in sub.params.items():
-        if k in _COMMON or k.startswith("sha256.fetch."):
-            continue  # the same for every part: logged once by the merging part
-        into.params[f"{prefix}/{k}"] = v
-    into.metrics.update({f"{prefix}/{k}": v for k, v in sub.metrics.items()})
-    for p in sub.points:
-        params = {"stage": prefix, **p.params}
-        for key, fn in extra.items():
-            v = fn(p)
-            if v is not None:
-                params[key] = v
-        into.points.append(Point(f"{prefix}/{p.name}", params, p.metrics))
-    into.artifacts += [a for a in sub.artifacts if a not in into.artifacts]
+    """``clip/dvc.yaml:<stage>`` targets run from the project root (all when empty)."""
+    return pipeline_targets(CLIP_DIR, STAGES, stages)
 
 
 def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
@@ -130,12 +109,12 @@ def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
     with_policy.setdefault("edit", {})["block_policy"] = common.get("block_policy", "reference")
     with_policy.setdefault("soups", {})["block_policy"] = common.get("block_policy", "reference")
     if (d / "out/edit/edit.json").is_file():
-        _prefixed(editing_record(d, with_policy), "edit", rec, {"sha256.finetuned": task_sha})
+        add_prefixed(editing_record(d, with_policy), "edit", rec, {"sha256.finetuned": task_sha})
     w = d / "out/wiseft/wiseft.json"
     wiseft = read_output(w, WiseftResult) if w.is_file() else {"skipped": "not run"}
     if not wiseft.get("skipped"):
         model = wiseft["model"]
-        _prefixed(
+        add_prefixed(
             wiseft_record(d, with_policy),
             "wiseft",
             rec,
@@ -143,9 +122,9 @@ def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
         )
     s = d / "out/soups/soups.json"
     if s.is_file() and not read_output(s, SoupsResult).get("skipped"):
-        _prefixed(soups_record(d, with_policy), "soups", rec, {})
+        add_prefixed(soups_record(d, with_policy), "soups", rec, {})
     if (d / "out/schedules/schedules.json").is_file():
-        _prefixed(schedules_record(d, params), "schedules", rec, {})
+        add_prefixed(schedules_record(d, params), "schedules", rec, {})
     rec.artifacts.append((d / "ckpt/prepare.json", "manifests"))
     rec.artifacts += [
         (p, "manifests/finetuned") for p in sorted((d / "ckpt/finetuned").glob("*.json"))

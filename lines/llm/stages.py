@@ -20,6 +20,12 @@ edit        ``out/edit/``: single-task LiNeS editing over γ (``lines.protocol.s
 merge       ``out/merge/``: task arithmetic, TIES, Consensus (any ``lines`` method), each
             without LiNeS (uniform λ) and with LiNeS (β, α from the rule), chosen on val,
             reported on test (``lines.protocol.merge``).
+schedules   ``out/schedules/``: every λ(ℓ) schedule at an equal val budget against linear.
+report      ``out/report/``: regime check, intervals, tables and plots of the above.
+sft         ``ckpt/sft/``: the SFT policy of rewarded soups (continues review openings).
+rl          ``ckpt/rl/<reward>/``: a GRPO policy per reward, from the SFT policy.
+rsoups      ``out/rsoups/``: θ_SFT + λτ₁ + (1−λ)τ₂ ± LiNeS over λ, both rewards on held-out
+            prompts, Pareto fronts and their hypervolumes with intervals (``lines.llm.rsoups``).
 =========== ======================================================================================
 """
 
@@ -166,7 +172,9 @@ def run_merge(
     """Each method with and without LiNeS (``lines.protocol.merge.run_merge``)."""
     ev = evaluator(a, base)
     fts = [ft_path(finetuned_dir, t) for t in a.tasks]
-    header = {"suite": "llm", "model": str(read_json(Path(base) / "fetch.json")["source"])}
+    from lines.llm.fetch import model_name
+
+    header = {"suite": "llm", "model": model_name(base)}
     with workbench(a, ev, base) as b:
         return pm.run_merge(b, read_json(base_eval), a.tasks, fts, vars(a), out, header=header)
 
@@ -214,6 +222,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block_policy", default="reference", choices=["reference", "depth"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads of torch (0: default)")
+    _data(p)
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="a text fetch folder (datasets/<task>/<split>.jsonl) instead of the asset packages",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,10 +301,65 @@ def build_parser() -> argparse.ArgumentParser:
     io(p, True)
     add_schedules_options(p)
     add_method_options(p, skip={"seed"}, grid_nargs="*")
+
+    def rlhf(p: argparse.ArgumentParser) -> None:
+        """The ``rlhf`` section: what SFT, RL and the soups' scoring share."""
+        p.add_argument("--base", type=Path, default=Path("ckpt/base"))
+        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+        p.add_argument("--precision", default="auto", help="auto (bf16 autocast on CUDA) or fp32")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--opening_words", type=int, default=8, help="words of a review opening")
+        p.add_argument("--max_new_tokens", type=int, default=32, help="continuation length cap")
+        p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+        p.add_argument("--threads", type=int, default=0, help="CPU threads of torch (0: default)")
+        _data(p)
+        p.add_argument("--out", type=Path, required=True)
+
+    p = sub.add_parser("sft", help="rewarded soups: the SFT policy (continue review openings)")
+    rlhf(p)
+    p.add_argument("--max_train", type=int, default=0, help="training reviews (0: all)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--train_batch_size", type=int, default=16)
+
+    p = sub.add_parser("rl", help="rewarded soups: a GRPO policy per reward, from the SFT policy")
+    rlhf(p)
+    p.add_argument("--sft", type=Path, default=Path("ckpt/sft"))
+    p.add_argument("--reward", nargs="+", required=True, help="the reward(s) to train for")
+    p.add_argument("--max_prompts", type=int, default=0, help="training prompts (0: all)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--prompts_per_step", type=int, default=8)
+    p.add_argument("--group", type=int, default=4, help="completions per prompt (GRPO group)")
+    p.add_argument("--lr", type=float, default=1e-6)
+    p.add_argument("--kl_coef", type=float, default=0.05, help="β_KL of the k3 penalty")
+
+    p = sub.add_parser("rsoups", help="rewarded soups ± LiNeS: both rewards, Pareto fronts")
+    rlhf(p)
+    p.add_argument("--sft", type=Path, default=Path("ckpt/sft"))
+    p.add_argument("--rl", type=Path, default=Path("ckpt/rl"))
+    p.add_argument("--rewards", nargs=2, required=True, help="the two policies' rewards")
+    p.add_argument("--lambdas", nargs="+", type=float, required=True, help="λ grid in [0, 1]")
+    p.add_argument("--lines_alpha", type=float, default=1.0, help="LiNeS α (paper: 1)")
+    p.add_argument("--lines_beta", type=float, default=1.0, help="LiNeS β (paper: 1)")
+    p.add_argument(
+        "--uniform_scale",
+        type=float,
+        default=-1.0,
+        help="a control soup scaled uniformly by this (−1: LiNeS's mean λ(ℓ); 0: none)",
+    )
+    p.add_argument("--max_eval", type=int, default=0, help="held-out prompts (0: all)")
+    p.add_argument("--batch_size", type=int, default=64, help="prompts per generate call")
+    p.add_argument("--block_policy", default="reference", choices=["reference", "depth"])
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--bootstrap_seed", type=int, default=0)
     return ap
 
 
 def run(a: argparse.Namespace) -> Any:
+    if getattr(a, "data", None) is not None:
+        from lines.llm import evaluate
+
+        evaluate.DATA_ROOT = a.data
     if a.stage == "fetch":
         from lines.llm.fetch import fetch
 
@@ -302,10 +375,20 @@ def run(a: argparse.Namespace) -> Any:
         return run_merge(a, a.base, a.finetuned, a.base_eval, a.out)
     if a.stage == "schedules":
         return run_schedules(a, a.base, a.finetuned, a.base_eval, a.out)
+    if a.stage in ("sft", "rl", "rsoups"):
+        from lines.llm import rsoups
+
+        a.device = str(resolve_device(a.device))
+        if a.stage == "sft":
+            return rsoups.run_sft(a, a.base, a.out)
+        if a.stage == "rl":
+            return rsoups.run_rl(a, a.base, a.sft, a.out)
+        return rsoups.run_rsoups(a, a.base, a.sft, a.rl, a.out)
     if a.stage == "report":
+        from lines.llm.fetch import model_name
         from lines.pipeline.report import run_report
 
-        model = str(read_json(Path(a.base) / "fetch.json")["source"])
+        model = model_name(a.base)
         return run_report(
             a.base_eval,
             None,

@@ -82,7 +82,11 @@ def run_report(
     lrn = read_output(lrn_path, schemas.LearnedResult) if lrn_path and lrn_path.is_file() else None
     lrn = None if lrn is None or lrn.get("skipped") else lrn
     head_kind = hs.get("kind", "probe")
-    model = f"{backbone} ({'zero-shot heads' if head_kind == 'zeroshot' else 'linear-probe heads'})"
+    if heads is None and suite == "llm":  # no heads: zero-shot is the instruct model itself
+        model = f"{backbone} (zero-shot: the instruct model, rank classification)"
+    else:
+        kind = "zero-shot heads" if head_kind == "zeroshot" else "linear-probe heads"
+        model = f"{backbone} ({kind})"
     regime = regime_check(base, tasks, merge, n_boot=n_boot, seed=boot_seed)
     merge_cis = merge_intervals(merge, base, n_boot, boot_seed)
     edit_cis = edit_intervals(edit, base, n_boot, boot_seed)

@@ -1,0 +1,132 @@
+"""The LLM suite through its Prefect flow, offline: the real ``llm/dvc.yaml`` and the smoke profile
+(a tiny random LLaMA on CPU) in a temporary git + DVC workspace, run by ``llm-benchmark`` under
+``prefect_test_harness`` with MLflow tracking into a temporary SQLite store. Checked: every stage
+ran through DVC (``dvc.lock``, ``dvc exp show``), the MLflow run holds the JSON's numbers for
+merging and for rewarded soups (one nested run per point), and a bad parameter is refused in one
+line before anything runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("prefect")
+pytest.importorskip("mlflow")
+pytest.importorskip("dvc")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Any:
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+def _git(ws: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=ws, check=True, capture_output=True)
+
+
+def make_workspace(ws: Path) -> Path:
+    """A git + DVC project holding the real llm/ pipeline and the lines/ sources it depends on."""
+    ws.mkdir(parents=True)
+    shutil.copytree(ROOT / "llm", ws / "llm")
+    shutil.copytree(ROOT / "lines", ws / "lines", ignore=shutil.ignore_patterns("__pycache__"))
+    (ws / ".gitignore").write_text("__pycache__/\n")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    _git(ws, "init", "-q")
+    _git(ws, "config", "user.email", "tests@lines")
+    _git(ws, "config", "user.name", "tests")
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "-q"], cwd=ws, check=True, env=env)
+    subprocess.run([*dvc, "config", "core.analytics", "false"], cwd=ws, check=True, env=env)
+    _git(ws, "add", "-A")
+    _git(ws, "commit", "-qm", "llm project")
+    return ws
+
+
+def test_llm_benchmark_flow_end_to_end(
+    prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from flows.llm import llm_benchmark
+    from lines.errors import LinesError
+
+    ws = make_workspace(tmp_path / "ws")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    with pytest.raises(
+        LinesError,
+        match=r"profiles/smoke.yaml \+ the flow's parameters: "
+        r"rsoups.lambdas out of \[0, 1\]",
+    ):
+        llm_benchmark(workspace=str(ws), profile="smoke", rsoups_lambdas=[0.0, 2.0])
+
+    res = llm_benchmark(
+        workspace=str(ws), profile="smoke", name="t-llm", rl_steps=2, params={"rl.group": 2}
+    )
+    out = ws / "llm" / "out"
+    lock = (ws / "llm" / "dvc.lock").read_text()
+    for stage in (
+        "fetch",
+        "finetune@rotten_tomatoes",
+        "base_eval",
+        "merge",
+        "sft",
+        "rl@brevity",
+        "rsoups",
+        "report",
+    ):
+        assert f"  {stage}:" in lock
+    assert "--steps 2" in lock and "--group 2" in lock  # the flow's values reached the stages
+    merge = json.loads((out / "merge/merge.json").read_text())
+    rs = json.loads((out / "rsoups/rsoups.json").read_text())
+    assert res["metrics"]["rsoups"]["verdict"] == rs["verdict"]
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("lines-llm")
+    runs = c.search_runs([exp.experiment_id], filter_string="attributes.run_name = 't-llm'")
+    assert len(runs) == 1
+    run = runs[0]
+    p, m = run.data.params, run.data.metrics
+    assert p["model"] == "tiny random LLaMA (2 layers, hidden 32)" and p["suite"] == "llm"
+    assert "sha256.base.model.safetensors" in p and len(p["sha256.sft"]) == 64
+    assert len(p["sha256.rl.brevity"]) == 64 and len(p["sha256.rl.sentiment"]) == 64
+    ta = merge["methods"]["task_arithmetic"]
+    assert m["task_arithmetic.lines.beta"] == ta["lines"]["beta"]
+    hv = rs["hypervolume"]
+    assert m["rsoups/hypervolume.lines"] == pytest.approx(hv["lines"])
+    assert m["rsoups/hv_difference.lo"] == pytest.approx(hv["difference"]["lo"])
+    children = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+        max_results=1000,
+    )
+    soups = {ch.info.run_name: ch for ch in children if ch.info.run_name.startswith("rsoups/")}
+    assert len(soups) == len(rs["points"]) == 1 + 3 * 3
+    pt = next(x for x in rs["points"] if x["variant"] == "lines" and x["lambda"] == 0.5)
+    ch = soups["rsoups/lines λ=0.5"]
+    assert ch.data.params["lines_alpha"] == "1.0"
+    assert ch.data.metrics["reward.sentiment"] == pytest.approx(pt["rewards"]["sentiment"]["value"])
+    assert any(n.startswith("task_arithmetic/") for n in (x.info.run_name for x in children))
+    shown = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json"],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "t-llm" in shown
