@@ -2,10 +2,11 @@
 the MLflow record built from its outputs (pure functions over files, like ``orchestration.clip``).
 
 The suite writes the text pipeline's shapes (``out/merge/merge.json``, ``out/edit/edit.json``,
-``out/schedules/schedules.json`` relative to ``llm/``), so the record reuses
-``orchestration.records``: merging keeps its names (``<method>.<baseline|lines>.test_acc.<task>``,
-nested runs ``<method>/<variant> β=<coef>``), editing and schedules go under ``edit/`` and
-``schedules/``. Added for the LLM:
+``out/schedules/schedules.json``, ``out/wiseft/``, ``out/soups/`` relative to ``llm/``), so the
+record reuses ``orchestration.records``: merging keeps its names
+(``<method>.<baseline|lines>.test_acc.<task>``, nested runs ``<method>/<variant> β=<coef>``),
+editing, schedules, WiSE-FT and soups go under ``edit/``, ``schedules/``, ``wiseft/``,
+``soups/``. Added for the LLM:
 
     params   model (θ_0's name), sha256.base.<file> (the fetched folder), sha256.sft,
              sha256.rl.<reward>, rsoups.rewards, rsoups.lines_alpha/.lines_beta/.uniform_scale
@@ -23,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from lines.io import sha256_file
+from lines.protocol.schemas import SoupsResult, WiseftResult, read_output
 from orchestration.records import (
     add_prefixed,
     editing_record,
     merging_record,
     read_json,
     schedules_record,
+    soups_record,
+    wiseft_record,
 )
 from orchestration.tracking import Point, RunRecord
 from orchestration.workspace import pipeline_targets
@@ -41,6 +45,10 @@ STAGES = (
     "edit",
     "merge",
     "schedules",
+    "learned",
+    "soup_finetune",
+    "wiseft",
+    "soups",
     "sft",
     "rl",
     "rsoups",
@@ -145,9 +153,16 @@ def llm_record(llm_dir: Path, params: Mapping[str, Any]) -> RunRecord:
         rec.params.update({f"sha256.base.{k}": v for k, v in files.items() if isinstance(v, str)})
         rec.artifacts.append((fetch, "manifests"))
     with_policy = json.loads(json.dumps(dict(params)))
-    with_policy.setdefault("edit", {})["block_policy"] = rec.params["block_policy"]
+    for section in ("edit", "soups"):  # the records read the block policy from their section
+        with_policy.setdefault(section, {})["block_policy"] = rec.params["block_policy"]
     if (d / "out/edit/edit.json").is_file():
         add_prefixed(editing_record(d, with_policy), "edit", rec, {})
+    w = d / "out/wiseft/wiseft.json"
+    if w.is_file() and not read_output(w, WiseftResult).get("skipped"):
+        add_prefixed(wiseft_record(d, with_policy), "wiseft", rec, {})
+    s = d / "out/soups/soups.json"
+    if s.is_file() and not read_output(s, SoupsResult).get("skipped"):
+        add_prefixed(soups_record(d, with_policy), "soups", rec, {})
     if (d / "out/schedules/schedules.json").is_file():
         add_prefixed(schedules_record(d, params), "schedules", rec, {})
     if (d / "out/rsoups/rsoups.json").is_file():

@@ -88,7 +88,9 @@ def main() -> None:
     ap.add_argument("--params", type=Path, required=True)
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--stages", nargs="*", help="stage names (a foreach stage: all its items)")
-    ap.add_argument("--set", nargs="*", default=[], help="section.key=value overrides")
+    ap.add_argument(
+        "--set", nargs="*", action="extend", default=[], help="section.key=value overrides"
+    )
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     a = ap.parse_args()
     params = yaml.safe_load(a.params.read_text())

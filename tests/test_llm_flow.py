@@ -121,7 +121,12 @@ def test_llm_benchmark_flow_end_to_end(
     ch = soups["rsoups/lines λ=0.5"]
     assert ch.data.params["lines_alpha"] == "1.0"
     assert ch.data.metrics["reward.sentiment"] == pytest.approx(pt["rewards"]["sentiment"]["value"])
-    assert any(n.startswith("task_arithmetic/") for n in (x.info.run_name for x in children))
+    names = [x.info.run_name for x in children]
+    for prefix in ("task_arithmetic/", "edit/", "wiseft/", "soups/"):
+        assert any(n.startswith(prefix) for n in names), prefix
+    assert any(k.startswith("schedules/") for k in m)  # the schedules part: metrics only
+    wiseft = json.loads((out / "wiseft/wiseft.json").read_text())
+    assert wiseft["ood_tasks"] == ["vader_movies"] and len(wiseft["rows"]) == 2 * 3
     shown = subprocess.run(
         [sys.executable, "-m", "dvc", "exp", "show", "--json"],
         cwd=ws,

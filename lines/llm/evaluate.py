@@ -22,9 +22,11 @@ from lines.llm.prompts import TaskPrompt, render, task_prompt
 from lines.llm.scoring import (
     Norm,
     Request,
+    autocast,
     choose_norm,
     encode,
     loglikelihoods,
+    logprob_batch,
     normalisers,
     rank_classify,
 )
@@ -82,6 +84,7 @@ class LLMEvaluator(AccuracyFromCorrect):
         self.tasks = list(tasks)
         self.device = torch.device(device)
         self.model, self.tokenizer = load_folder(model_dir, self.device)
+        self.encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
         self.limits = dict(limits or {})
         self.precision, self.batch_size = precision, batch_size
         self.max_chars, self.norm, self.seed = max_chars, norm, seed
@@ -107,7 +110,7 @@ class LLMEvaluator(AccuracyFromCorrect):
             for text in s.inputs:
                 ctx = render(self.tokenizer, p, text, self.max_chars)
                 for v in p.verbalisers:
-                    r = encode(self.tokenizer, ctx, v)
+                    r = encode(self.tokenizer, ctx, v, self.encoder_decoder)
                     reqs.append(r)
                     if len(conts) < len(p.verbalisers):
                         conts.append(r[1])
@@ -147,6 +150,31 @@ class LLMEvaluator(AccuracyFromCorrect):
             precision=self.precision,
         )
         return ll.view(-1, len(denom))
+
+    # -- the learned baselines' hooks (lines.protocol.learned.Differentiable) ----------------
+    # ``self.model`` is the module whose state-dict keys are the checkpoints'. Rank
+    # classification's class scores are the options' normalised log-likelihoods, so they are the
+    # logits: softmax over them is the model's distribution over the task's labels.
+
+    def labels(self, task: str, split: str) -> torch.Tensor:
+        return self._split(task, split)[2]
+
+    def logits(self, task: str, split: str, index: Sequence[int]) -> torch.Tensor:
+        """Normalised option log-likelihoods (examples ``index`` × options) with the model's
+        current weights, on its device; gradients flow when the caller enables them."""
+        reqs, denom, _ = self._split(task, split)
+        k = len(denom)
+        sub = [reqs[i * k + j] for i in index for j in range(k)]
+        pad = int(self.tokenizer.pad_token_id)
+        self.model.eval()  # dropout off
+        parts = []
+        with autocast(self.device, self.precision):
+            for b in range(0, len(sub), self.batch_size):
+                parts.append(
+                    logprob_batch(self.model, sub[b : b + self.batch_size], pad, on_device=True)
+                )
+        ll = torch.cat(parts).float().view(len(index), k)
+        return ll / torch.tensor(denom, dtype=ll.dtype, device=ll.device)
 
     def correct_task(self, task: str, split: str) -> torch.Tensor:
         _, denom, labels = self._split(task, split)

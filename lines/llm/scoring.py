@@ -20,10 +20,14 @@ NORMS: tuple[Norm, ...] = ("chars", "tokens", "none")
 Request = tuple[list[int], list[int]]  # (context ids, continuation ids)
 
 
-def encode(tokenizer: Any, context: str, continuation: str) -> Request:
+def encode(
+    tokenizer: Any, context: str, continuation: str, encoder_decoder: bool = False
+) -> Request:
     """Context and continuation ids, encoded separately (no special tokens added: the chat
-    template already wrote them), so the continuation's tokens are exactly its own."""
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    template already wrote them), so the continuation's tokens are exactly its own. For an
+    encoder–decoder the context is a whole encoder input, with the tokenizer's end token (T5's
+    ``</s>``)."""
+    ctx = tokenizer(context, add_special_tokens=encoder_decoder)["input_ids"]
     cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
     if not ctx or not cont:
         raise ValueError("empty context or continuation after tokenisation")
@@ -37,8 +41,37 @@ def autocast(device: torch.device, precision: str) -> Any:
     return nullcontext()
 
 
-def _logprob_batch(model: Any, reqs: Sequence[Request], pad_id: int) -> torch.Tensor:
-    """Summed log p(continuation | context) of each request, in one padded forward pass."""
+def _logprob_batch_seq2seq(
+    model: Any, reqs: Sequence[Request], pad_id: int, on_device: bool = False
+) -> torch.Tensor:
+    """Encoder–decoder (T5): the context is the encoder's input, the continuation the decoder's
+    target (teacher-forced from the decoder start token); summed log-probabilities."""
+    device = next(model.parameters()).device
+    S = max(len(c) for c, _ in reqs)
+    T = max(len(k) for _, k in reqs)
+    ids = torch.full((len(reqs), S), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(reqs), S), dtype=torch.long)
+    labels = torch.full((len(reqs), T), -100, dtype=torch.long)
+    for i, (ctx, cont) in enumerate(reqs):
+        ids[i, : len(ctx)] = torch.tensor(ctx)
+        mask[i, : len(ctx)] = 1
+        labels[i, : len(cont)] = torch.tensor(cont)
+    labels = labels.to(device)
+    # transformers shifts the labels right (decoder_start_token_id, padding for -100) itself.
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels).logits
+    logp = logits.float().log_softmax(-1)
+    tok = logp.gather(2, labels.clamp(min=0)[:, :, None])[:, :, 0]
+    out = (tok * (labels >= 0)).sum(1).double()
+    return out if on_device else out.cpu()
+
+
+def logprob_batch(
+    model: Any, reqs: Sequence[Request], pad_id: int, on_device: bool = False
+) -> torch.Tensor:
+    """Summed log p(continuation | context) of each request, in one padded forward pass (float64;
+    on the CPU, or left on the model's device with its graph when ``on_device``)."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return _logprob_batch_seq2seq(model, reqs, pad_id, on_device)
     device = next(model.parameters()).device
     seqs = [c + k for c, k in reqs]
     # The last token is never an input: nothing after it is scored.
@@ -64,8 +97,8 @@ def _logprob_batch(model: Any, reqs: Sequence[Request], pad_id: int) -> torch.Te
     logp = model.get_output_embeddings()(h).float().log_softmax(-1)
     tok_lp = logp.gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
     out = torch.zeros(len(seqs), dtype=torch.float64, device=device)
-    out.index_add_(0, torch.tensor(owner, device=device), tok_lp.double())
-    return out.cpu()
+    out = out.index_add(0, torch.tensor(owner, device=device), tok_lp.double())
+    return out if on_device else out.cpu()
 
 
 def loglikelihoods(
@@ -84,7 +117,7 @@ def loglikelihoods(
     with torch.inference_mode(), autocast(device, precision):
         for b in range(0, len(order), batch_size):
             idx = order[b : b + batch_size]
-            out[idx] = _logprob_batch(model, [reqs[i] for i in idx], pad_id)
+            out[idx] = logprob_batch(model, [reqs[i] for i in idx], pad_id)
     return out
 
 

@@ -21,6 +21,11 @@ merge       ``out/merge/``: task arithmetic, TIES, Consensus (any ``lines`` meth
             without LiNeS (uniform λ) and with LiNeS (β, α from the rule), chosen on val,
             reported on test (``lines.protocol.merge``).
 schedules   ``out/schedules/``: every λ(ℓ) schedule at an equal val budget against linear.
+learned     ``out/learned/``: Fisher merging, AdaMerging, aTLAS, output ensembles against
+            TA + LiNeS, with their cost (``lines.protocol.baselines``).
+wiseft      ``out/wiseft/``: WiSE-FT of one task's model ± LiNeS, its test set and shifted sets.
+soups       ``out/soups/``: uniform and greedy soups of one task's seeds (``soup_finetune``:
+            ``ckpt/soup/seed<s>/<task>/``), each ± LiNeS.
 report      ``out/report/``: regime check, intervals, tables and plots of the above.
 sft         ``ckpt/sft/``: the SFT policy of rewarded soups (continues review openings).
 rl          ``ckpt/rl/<reward>/``: a GRPO policy per reward, from the SFT policy.
@@ -45,14 +50,13 @@ from tqdm.auto import tqdm
 from lines.engine import resolve_device
 from lines.errors import LinesError
 from lines.llm.evaluate import LLMEvaluator
+from lines.llm.model import family_of
 from lines.merging.options import add_method_options
 from lines.protocol import merge as pm
 from lines.protocol import single as ps
-from lines.protocol.options import add_schedules_options
+from lines.protocol.options import add_learned_options, add_schedules_options
 from lines.protocol.results import read_json, write_json
 from lines.protocol.suite import SPLITS, Workbench
-
-FAMILY = "llama"
 
 
 def weights(base: Path) -> Path:
@@ -64,11 +68,12 @@ def ft_path(finetuned_dir: Path, task: str) -> Path:
     return Path(finetuned_dir) / task / "model.safetensors"
 
 
-def evaluator(a: argparse.Namespace, base: Path) -> LLMEvaluator:
-    """The suite's evaluator from the ``common`` options."""
+def evaluator(a: argparse.Namespace, base: Path, extra: Sequence[str] = ()) -> LLMEvaluator:
+    """The suite's evaluator from the ``common`` options (``extra``: tasks evaluated besides
+    the suite's, e.g. WiSE-FT's shifted sets)."""
     return LLMEvaluator(
         base,
-        a.tasks,
+        list(dict.fromkeys([*a.tasks, *extra])),
         limits={"val": a.max_val, "test": a.max_test},
         device=resolve_device(a.device),
         precision=a.precision,
@@ -85,7 +90,7 @@ def workbench(a: argparse.Namespace, ev: LLMEvaluator, base: Path) -> Workbench:
     return Workbench(
         weights(base),
         ev,
-        family=FAMILY,
+        family=family_of(base),
         block_policy=a.block_policy,
         device=ev.device,
         engine_device=str(ev.device.type),
@@ -179,6 +184,66 @@ def run_merge(
         return pm.run_merge(b, read_json(base_eval), a.tasks, fts, vars(a), out, header=header)
 
 
+def soup_path(soup_dir: Path, task: str, seed: int) -> Path:
+    """The extra soup ingredient of ``task`` fine-tuned with ``seed`` (the ``soup_finetune``
+    stage)."""
+    return Path(soup_dir) / f"seed{seed}" / task / "model.safetensors"
+
+
+def run_learned(
+    a: argparse.Namespace, base: Path, finetuned_dir: Path, base_eval: Path, out: Path
+) -> dict[str, Any]:
+    """The learned baselines against TA + LiNeS with their cost
+    (``lines.protocol.baselines.run_baselines``); the class logits are the options' normalised
+    log-likelihoods (``LLMEvaluator.logits``)."""
+    from lines.protocol.baselines import run_baselines
+
+    ev = evaluator(a, base)
+    fts = {t: ft_path(finetuned_dir, t) for t in a.tasks}
+    with workbench(a, ev, base) as b:
+        return run_baselines(
+            b,
+            read_json(base_eval),
+            a.tasks,
+            fts,
+            vars(a),
+            out,
+            n_boot=a.bootstrap,
+            boot_seed=a.bootstrap_seed,
+        )
+
+
+def run_wiseft(a: argparse.Namespace, base: Path, finetuned_dir: Path, out: Path) -> dict[str, Any]:
+    """WiSE-FT of the ``wiseft_task`` model, θ_0 + γτ against θ_0 + γ·λ(ℓ)τ, on its own test set
+    and its shifted sets (``lines.protocol.single.run_wiseft``)."""
+    if a.wiseft_task not in a.tasks:
+        raise LinesError(f"wiseft_task {a.wiseft_task} is not one of the suite's tasks {a.tasks}")
+    ev = evaluator(a, base, a.ood_tasks)
+    item = (a.wiseft_task, a.wiseft_task, ft_path(finetuned_dir, a.wiseft_task), a.ood_tasks)
+    with workbench(a, ev, base) as b:
+        return ps.run_wiseft(
+            b, [item], a.gammas, a.lines_gamma, out, header={"model": a.wiseft_task}
+        )
+
+
+def run_soups(
+    a: argparse.Namespace, base: Path, finetuned_dir: Path, soup_dir: Path, out: Path
+) -> dict[str, Any]:
+    """Uniform and greedy soups of ``soup_task``'s fine-tunes (the suite's, seed ``seed``, and
+    one per ``seeds``), each plain and with LiNeS; controls: the suite's other tasks."""
+    if not a.seeds:
+        raise LinesError("soups.seeds is empty: a soup needs at least one extra fine-tune")
+    members = {f"seed{a.seed}": ft_path(finetuned_dir, a.soup_task)}
+    members.update({f"seed{s}": soup_path(soup_dir, a.soup_task, s) for s in a.seeds})
+    for m, p in members.items():
+        if not Path(p).is_file():
+            raise LinesError(f"soup member {m}: {p} is missing (run the soup_finetune stage)")
+    controls = [t for t in a.tasks if t != a.soup_task]
+    ev = evaluator(a, base)
+    with workbench(a, ev, base) as b:
+        return ps.run_soups(b, members, a.soup_task, controls, a.gammas, out)
+
+
 def run_schedules(
     a: argparse.Namespace, base: Path, finetuned_dir: Path, base_eval: Path, out: Path
 ) -> dict[str, Any]:
@@ -204,12 +269,14 @@ def run_schedules(
 # Command line
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    """The ``common`` section of llm/params.yaml."""
+def _common(p: argparse.ArgumentParser, batch_size: bool = True) -> None:
+    """The ``common`` section of llm/params.yaml (``batch_size`` False: the stage defines its
+    own, e.g. ``learned``, whose section's value comes later on the command line and wins)."""
     p.add_argument("--tasks", nargs="+", required=True, help="registry text tasks")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--precision", default="auto", help="auto (bf16 autocast on CUDA) or fp32")
-    p.add_argument("--batch_size", type=int, default=32, help="scored sequences per forward")
+    if batch_size:
+        p.add_argument("--batch_size", type=int, default=32, help="scored sequences per forward")
     p.add_argument("--max_val", type=int, default=0, help="val examples per task (0: all)")
     p.add_argument("--max_test", type=int, default=0, help="test examples per task (0: all)")
     p.add_argument("--max_chars", type=int, default=1000, help="input text cut (characters)")
@@ -243,7 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="stage", required=True)
 
     p = sub.add_parser("fetch", help="θ_0 as an HF folder (pinned GGUF or tiny)")
-    p.add_argument("--source", default="smollm2", choices=["smollm2", "tiny"])
+    p.add_argument(
+        "--source",
+        default="smollm2",
+        help="smollm2 (the pinned GGUF), tiny (a random LLaMA), hf:<owner>/<repo>[@<revision>] "
+        "or a local HF model folder (decoder-only or encoder–decoder, e.g. T5)",
+    )
+    p.add_argument("--cache_dir", type=Path, default=Path("~/.cache/lines/hub"))
     p.add_argument("--tiny_layers", type=int, default=2)
     p.add_argument("--tiny_hidden", type=int, default=32)
     p.add_argument("--tiny_seed", type=int, default=0)
@@ -286,11 +359,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_options(p, skip={"seed"}, grid_nargs="*")
     p.add_argument("--alpha_norm", default="l1", choices=["l1", "l2"])
 
+    p = sub.add_parser(
+        "learned", help="Fisher, AdaMerging, aTLAS, output ensembles against TA + LiNeS, with cost"
+    )
+    _common(p, batch_size=False)
+    io(p, True)
+    add_learned_options(p)  # its --batch_size (examples per task and step) also sets scoring's
+
+    p = sub.add_parser("wiseft", help="WiSE-FT with and without LiNeS, own test + shifted sets")
+    _common(p)
+    io(p, False)
+    p.add_argument("--wiseft_task", required=True, help="the fine-tuned task interpolated")
+    p.add_argument("--ood_tasks", nargs="+", required=True, help="its distribution shifts")
+    p.add_argument("--gammas", nargs="+", type=float, required=True)
+    p.add_argument("--lines_gamma", type=float, default=0.5, help="LiNeS's γ (α = γ, β = 1 − γ)")
+
+    p = sub.add_parser("soups", help="uniform and greedy soups of one task's seeds, ± LiNeS")
+    _common(p)
+    io(p, False)
+    p.add_argument("--soup_dir", type=Path, default=Path("ckpt/soup"))
+    p.add_argument("--soup_task", required=True)
+    p.add_argument("--seeds", nargs="+", type=int, required=True, help="extra fine-tuning seeds")
+    p.add_argument("--gammas", nargs="+", type=float, required=True, help="LiNeS γ grid")
+
     p = sub.add_parser("report", help="regime check, intervals, tables and plots")
     p.add_argument("--base", type=Path, default=Path("ckpt/base"))
     p.add_argument("--base_eval", type=Path, default=Path("out/eval/base.json"))
     for n in ("edit", "merge"):
         p.add_argument(f"--{n}", type=Path, default=Path(f"out/{n}"))
+    for n in ("wiseft", "soups", "learned"):
+        p.add_argument(f"--{n}", type=Path, default=None, help=f"{n} stage output folder")
     p.add_argument("--schedules", type=Path, default=None, help="schedules stage output folder")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--bootstrap_seed", type=int, default=0)
@@ -364,7 +462,11 @@ def run(a: argparse.Namespace) -> Any:
         from lines.llm.fetch import fetch
 
         tiny = {"layers": a.tiny_layers, "hidden": a.tiny_hidden, "seed": a.tiny_seed}
-        return fetch(a.source, a.out, **(tiny if a.source == "tiny" else {}))
+        if a.source in ("smollm2", "tiny"):
+            return fetch(a.source, a.out, **(tiny if a.source == "tiny" else {}))
+        from lines.llm.fetch import fetch_reference
+
+        return fetch_reference(a.source, a.out, a.cache_dir)
     if a.stage == "finetune":
         return run_finetune(a, a.base, a.out)
     if a.stage == "base_eval":
@@ -375,6 +477,12 @@ def run(a: argparse.Namespace) -> Any:
         return run_merge(a, a.base, a.finetuned, a.base_eval, a.out)
     if a.stage == "schedules":
         return run_schedules(a, a.base, a.finetuned, a.base_eval, a.out)
+    if a.stage == "wiseft":
+        return run_wiseft(a, a.base, a.finetuned, a.out)
+    if a.stage == "learned":
+        return run_learned(a, a.base, a.finetuned, a.base_eval, a.out)
+    if a.stage == "soups":
+        return run_soups(a, a.base, a.finetuned, a.soup_dir, a.out)
     if a.stage in ("sft", "rl", "rsoups"):
         from lines.llm import rsoups
 
@@ -394,12 +502,13 @@ def run(a: argparse.Namespace) -> Any:
             None,
             a.edit,
             a.merge,
-            None,
-            None,
+            a.soups,
+            a.wiseft,
             a.out,
             suite="llm",
             backbone=model,
             schedules_dir=a.schedules,
+            learned_dir=a.learned,
             n_boot=a.bootstrap,
             boot_seed=a.bootstrap_seed,
         )
