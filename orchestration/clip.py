@@ -47,6 +47,7 @@ STAGES = (
     "wiseft",
     "soups",
     "schedules",
+    "learned",
     "report",
 )
 

@@ -245,6 +245,16 @@ def clip_params(bench: Bench, layout: str = "tall_masks", **over: Any) -> dict[s
             "bootstrap": 50,
             "bootstrap_seed": 0,
         },
+        "learned": {
+            "methods": ["lines", "fisher", "adamerging_task", "atlas", "ensemble"],
+            "betas": [0.5, 1.0],
+            "fisher_examples": 4,
+            "steps": 2,
+            "lr": 1e-2,
+            "batch_size": 4,
+            "bootstrap": 50,
+            "bootstrap_seed": 0,
+        },
     }
     for k, v in over.items():
         sec, key = k.split(".", 1)

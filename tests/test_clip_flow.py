@@ -93,6 +93,7 @@ def _flow_kwargs(p: dict[str, Any]) -> dict[str, Any]:
         **{f"wiseft.{k}": v for k, v in p["wiseft"].items() if k != "gammas"},
         **{f"soups.{k}": v for k, v in p["soups"].items()},
         **{f"schedules.{k}": v for k, v in p.get("schedules", {}).items()},
+        **{f"learned.{k}": v for k, v in p.get("learned", {}).items()},
     }
     return {**typed, "params": rest}
 
@@ -178,6 +179,11 @@ def test_clip_benchmark_flow_end_to_end(
     assert set(sch["merging"]["task_arithmetic"]) == {"linear", "reversed"}
     assert set(sch["editing"]["MNIST"]) == {"linear", "reversed"}
     assert "Is linear layer scaling optimal?" in report and "schedules" in metrics
+    # --- the learned baselines ran on this suite (issue 17) and reached the report ----------
+    lrn = json.loads((out / "learned/learned.json").read_text())
+    assert set(lrn["methods"]) == {"lines", "fisher", "adamerging_task", "atlas", "ensemble"}
+    assert lrn["methods"]["atlas"]["cost"]["backward"] > 0
+    assert "## Learned baselines" in report and "learned" in metrics
     for name, r in merge["methods"].items():
         mm = metrics["merge"][name]
         assert mm["test_avg_acc"] == r["baseline"]["test_avg_acc"]

@@ -29,6 +29,7 @@ from lines.errors import LinesError
 from lines.pipeline.config import (
     BlockPolicy,
     Device,
+    Learned,
     Merge,
     Schedules,
     each_checked,
@@ -128,6 +129,7 @@ class ClipParams(_Section):
     wiseft: ClipWiseft
     soups: ClipSoups
     schedules: ClipSchedules | None = None
+    learned: Learned | None = None
 
 
 def validate_clip_params(data: Mapping[str, Any], source: str = "clip/params.yaml") -> ClipParams:

@@ -10,6 +10,7 @@ from typing import Any
 
 from lines.protocol import report as shared
 from lines.protocol import schemas
+from lines.protocol.learned_report import learned_md, learned_metrics
 from lines.protocol.report import pct
 from lines.protocol.results import read_csv, read_json
 from lines.protocol.schedules_report import schedules_md, schedules_metrics
@@ -104,6 +105,7 @@ def run_report(
     wiseft: Path,
     soups: Path,
     schedules: Path | None = None,
+    learned: Path | None = None,
 ) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,6 +124,10 @@ def run_report(
         read_output(sch_path, schemas.SchedulesResult) if sch_path and sch_path.is_file() else None
     )
 
+    lrn_path = Path(learned) / "learned.json" if learned else None
+    lrn = read_output(lrn_path, schemas.LearnedResult) if lrn_path and lrn_path.is_file() else None
+    lrn = None if lrn is None or lrn.get("skipped") else lrn
+
     metrics: dict[str, Any] = {
         "model": model,
         "suite": str(suite),
@@ -138,6 +144,8 @@ def run_report(
     sch_metrics = schedules_metrics(sch) if sch else {}
     if sch_metrics:  # DVC metrics drop an empty group: so do we
         metrics["schedules"] = sch_metrics
+    if lrn:
+        metrics["learned"] = learned_metrics(lrn)
     metrics = write_output(out / "metrics.json", schemas.ReportMetrics, metrics)
 
     note = f"{model or 'CLIP'} image tower, zero-shot heads"
@@ -169,6 +177,9 @@ def run_report(
     if sch:
         parts += ["## Is linear layer scaling optimal? (schedules at an equal budget)", ""]
         parts += [schedules_md(sch), ""]
+    if lrn:
+        parts += ["## Learned baselines and output ensembles, with their cost", ""]
+        parts += [learned_md(lrn), ""]
     made = shared.plots(
         out,
         mg,

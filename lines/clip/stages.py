@@ -59,7 +59,7 @@ from lines.errors import LinesError
 from lines.merging.options import add_method_options
 from lines.protocol import merge as pm
 from lines.protocol import single as ps
-from lines.protocol.options import add_schedules_options
+from lines.protocol.options import add_learned_options, add_schedules_options
 from lines.protocol.results import write_csv, write_json
 from lines.protocol.schemas import BaseEval, SoupsResult, WiseftResult, read_output, write_output
 from lines.protocol.stage import run_stage
@@ -243,6 +243,23 @@ def run_schedules(
         )
 
 
+def run_learned(
+    a: argparse.Namespace, ckpt: Path, heads: Path, base_eval: Path, out: Path
+) -> dict[str, Any]:
+    """Fisher merging, AdaMerging, aTLAS and output ensembles against TA + LiNeS, with their
+    cost (``lines.protocol.baselines.run_baselines``; ``Bench`` is ``Differentiable``)."""
+    from lines.protocol.baselines import run_baselines
+
+    tasks = resolve_tasks(a.suite, a.tasks)
+    cfg = vars(a)
+    with Bench(a, ckpt, heads) as b:
+        fts = {t: b.ck.for_task(t) for t in tasks}
+        base = read_output(base_eval, BaseEval)
+        return run_baselines(
+            b.wb, base, tasks, fts, cfg, out, n_boot=a.bootstrap, boot_seed=a.bootstrap_seed
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 
@@ -370,6 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_schedules_options(p)
     add_method_options(p, skip={"seed"}, grid_nargs="*")
 
+    # The learned section's --batch_size (examples per task and step) replaces common's here: it
+    # comes later on the command line, and it also sets this stage's evaluation batch.
+    p = sub.add_parser(
+        "learned",
+        help="Fisher, AdaMerging, aTLAS, output ensembles against TA + LiNeS, with cost",
+        conflict_handler="resolve",
+    )
+    _common(p)
+    _io(p, "ckpt", "heads_dir", "base_eval")
+    add_learned_options(p)
+
     p = sub.add_parser("report", help="report.md, metrics.json, tables and plots")
     p.add_argument("--model", default="")
     p.add_argument("--suite", default="8")
@@ -379,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     for n in ("merge", "edit", "wiseft", "soups"):
         p.add_argument(f"--{n}", type=Path, default=Path(f"out/{n}"))
     p.add_argument("--schedules", type=Path, default=None, help="schedules stage output folder")
+    p.add_argument("--learned", type=Path, default=None, help="learned stage output folder")
     p.add_argument("--out", type=Path, required=True)
     return ap
 
@@ -432,6 +461,8 @@ def run(a: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
         return run_soups(a, a.ckpt, a.heads_dir, a.out)
     if a.stage == "schedules":
         return run_schedules(a, a.ckpt, a.heads_dir, a.base_eval, a.out)
+    if a.stage == "learned":
+        return run_learned(a, a.ckpt, a.heads_dir, a.base_eval, a.out)
     if a.stage == "report":
         from lines.clip.report import run_report
 
@@ -447,6 +478,7 @@ def run(a: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
             wiseft=a.wiseft,
             soups=a.soups,
             schedules=a.schedules,
+            learned=a.learned,
         )
     raise LinesError(f"unknown stage {a.stage}")  # pragma: no cover - argparse refuses it
 

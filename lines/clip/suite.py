@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from lines.clip.prepare import Checkpoints, text_model_id
 from lines.engine import resolve_device
@@ -68,6 +70,8 @@ class Bench:
         self.calls = 0
         self.eval_seconds = 0.0
         self.images = 0
+        self._visual: nn.Module | None = None
+        self._cached: dict[tuple[str, str], Any] = {}
 
     def close(self) -> None:
         self.wb.close()
@@ -209,6 +213,57 @@ class Bench:
             self.images += r.total
             out[t] = r.top1
         return out
+
+    # -- the learned baselines' hooks (lines.protocol.learned.Differentiable) ----------------
+    @property
+    def model(self) -> nn.Module:
+        """The image tower under the name ``visual``: its state-dict keys are the checkpoints'
+        (``visual.*``), so the learned baselines swap checkpoint tensors straight in."""
+        if self._visual is None:
+            self._visual = _Visual(self.encoder)
+        return self._visual
+
+    def _images(self, task: str, split: str) -> Any:
+        from lines.clip.evaluate import cached_split
+
+        key = (task, split)
+        if key not in self._cached:
+            self._cached[key] = cached_split(
+                self.split(task, split),
+                self.preprocess,
+                self.a.cache_dir,
+                num_workers=self.a.num_workers,
+            )
+        return self._cached[key]
+
+    def labels(self, task: str, split: str) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self._images(task, split).labels)).long()
+
+    def logits(self, task: str, split: str, index: Sequence[int]) -> torch.Tensor:
+        """Zero-shot logits of the images ``index`` with the tower's current weights (the same
+        path as :meth:`accuracy`: cached uint8 images, normalised on the device, the frozen
+        head, the split's class columns); gradients flow when the caller enables them."""
+        from lines.clip.evaluate import _autocast_dtype, _project
+
+        imgs = self._images(task, split).images
+        x = torch.from_numpy(np.array(imgs[np.asarray(list(index), dtype=np.int64)]))
+        xb = self.preprocess.normalize(x.to(self.dev))
+        self.encoder.eval()
+        amp = _autocast_dtype(self.dev, self.a.precision)
+        if amp is not None:
+            with torch.autocast(device_type="cuda", dtype=amp):
+                feats = self.encoder(xb)
+        else:
+            feats = self.encoder(xb)
+        return _project(self.head(task).logits(feats), self.split(task, split).head_columns())
+
+
+class _Visual(nn.Module):
+    """``visual`` → the image tower (no parameters of its own)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.visual = encoder
 
 
 def text_encoder(path: Path, a: argparse.Namespace):  # noqa: ANN202 - TextEncoder
