@@ -89,16 +89,28 @@ class Backbone:
 
 
 class TextBackbone(Backbone):
-    """A Hugging Face encoder folder (all-MiniLM-L6-v2) with mean pooling."""
+    """A Hugging Face encoder folder (all-MiniLM-L6-v2) with mean pooling. A BERT runs as
+    :mod:`lines.pipeline.minilm` (the same keys and outputs as ``BertModel``, without importing
+    transformers' modelling code in every stage process); any other encoder through
+    transformers' ``AutoModel``."""
 
     def __init__(self, folder: Path, max_len: int = 64):
-        from transformers import AutoModel, AutoTokenizer
+        import json
 
         self.name = "minilm" if Path(folder).name == "minilm" else str(folder)
         self.folder = Path(folder)
         self.max_len = max_len
-        self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.folder, local_files_only=True)
+        cfg = json.loads((self.folder / "config.json").read_text())
+        if cfg.get("model_type") == "bert" and (self.folder / "tokenizer.json").is_file():
+            from lines.pipeline.minilm import Tokenizer, load_minibert
+
+            self.tokenizer: Any = Tokenizer(self.folder)
+            self.model: Any = load_minibert(self.folder)
+        else:
+            from transformers import AutoModel, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
+            self.model = AutoModel.from_pretrained(self.folder, local_files_only=True)
         self.feature_dim = int(self.model.config.hidden_size)
 
     def prepare(self, raw: Sequence[str]) -> list[list[int]]:
