@@ -197,7 +197,9 @@ def load_minibert(folder: Path) -> MiniBert:
 
     folder = Path(folder)
     model = MiniBert(BertConfig.from_folder(folder))
-    sd = {k: v for k, v in load_state_dict(folder / "model.safetensors").items() if k not in _BUFFERS}
+    sd = {
+        k: v for k, v in load_state_dict(folder / "model.safetensors").items() if k not in _BUFFERS
+    }
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise LinesError(
