@@ -221,3 +221,54 @@ def test_sft_rl_rsoups_stages_end_to_end(tmp_path: Path) -> None:
     md = (out / "rsoups.md").read_text()
     assert "tiny random LLaMA" in md and "| lines | 0.50 |" in md
     assert read_json(out / "rsoups.json")["rewards"] == ["brevity", "sentiment"]
+
+
+def test_token_logprobs_under_left_padding_match_an_unpadded_forward(tmp_path: Path) -> None:
+    """The completion slice and the position ids of a left-padded batch give each generated
+    token the log-probability an unpadded forward pass of that one sequence gives it."""
+    base = tmp_path / "base"
+    stages.run(stages.build_parser().parse_args(["fetch", "--source", "tiny", "--out", str(base)]))
+    model, tok = load_folder(base)
+    ctx = [
+        rl.render_opening(tok, "the movie"),
+        rl.render_opening(tok, "a much longer opening of it"),
+    ]
+    ids, mask, gen, cmask, _ = rl.generate(model, tok, ctx, n=2, max_new_tokens=4, seed=3)
+    with torch.no_grad():
+        lp = rl.token_logprobs(model, ids, mask, gen, cmask)
+        for r in range(ids.shape[0]):
+            real = ids[r][mask[r].bool()]
+            seq = torch.cat([real, gen[r]])[None]
+            logits = model(input_ids=seq).logits[0].float().log_softmax(-1)
+            n = len(real)
+            want = logits[n - 1 : -1].gather(1, gen[r][:, None])[:, 0]
+            m = cmask[r].bool()
+            assert torch.allclose(lp[r][m], want[m], atol=1e-5)
+        # At temperature T the scores are those of logits / T.
+        lp2 = rl.token_logprobs(model, ids, mask, gen, cmask, temperature=2.0)
+        assert not torch.allclose(lp2, lp)
+
+
+def test_verdict_names_the_regime_and_the_interval() -> None:
+    from lines.llm.rsoups import verdict
+
+    def res(reg, lo, hi, ds=None):
+        hv = {"difference": {"value": (lo + hi) / 2, "lo": lo, "hi": hi}}
+        if ds is not None:
+            hv["difference_vs_scaled"] = ds
+        return {
+            "regime": reg,
+            "hypervolume": hv,
+            "baseline_points_dominated_by_lines": 3,
+            "baseline_points": 5,
+            "uniform_scale": 1.5,
+        }
+
+    v = verdict(res({"checked": False, "why": "λ grid lacks 0 or 1"}, 0.1, 0.2))
+    assert v.startswith("Trade-off not checked (λ grid lacks 0 or 1)") and "larger" in v
+    v = verdict(res({"checked": True, "tradeoff": False}, -0.2, -0.1))
+    assert "do NOT trade off" in v and "LiNeS does not help" in v and "3 of 5" in v
+    v = verdict(res({"checked": True, "tradeoff": True}, 0.1, 0.2, {"lo": -0.1, "hi": -0.05}))
+    assert "the gain comes from moving further" in v
+    v = verdict(res({"checked": True, "tradeoff": True}, -0.1, 0.2, {"lo": -0.1, "hi": 0.1}))
+    assert "not distinguishable" in v and "moving further" not in v

@@ -143,10 +143,17 @@ def generate(
 
 
 def token_logprobs(
-    model: Any, ids: torch.Tensor, mask: torch.Tensor, gen: torch.Tensor, cmask: torch.Tensor
+    model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    gen: torch.Tensor,
+    cmask: torch.Tensor,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """log π(token) of every generated token (batch × completion length), one forward pass over
-    prompt + completion; the head only at the completion's positions (the vocabulary is 49k)."""
+    prompt + completion; the head only at the completion's positions (the vocabulary is 49k).
+    Logits are divided by the sampling ``temperature``, so π is the distribution the completions
+    were drawn from (the policy gradient needs exactly that one)."""
     full = torch.cat([ids, gen], 1)
     am = torch.cat([mask, cmask], 1)
     # Left padding: positions count real tokens only, as generate() numbered them.
@@ -154,7 +161,7 @@ def token_logprobs(
     base = getattr(model, model.base_model_prefix)
     h = base(input_ids=full, attention_mask=am, position_ids=pos).last_hidden_state
     T = ids.shape[1]
-    logits = model.get_output_embeddings()(h[:, T - 1 : -1]).float()
+    logits = model.get_output_embeddings()(h[:, T - 1 : -1]).float() / temperature
     return logits.log_softmax(-1).gather(2, gen[:, :, None])[:, :, 0]
 
 
@@ -227,9 +234,9 @@ def grpo(
         adv = group_advantages(r, group).to(dev)
         policy.train()
         with autocast(dev, precision):
-            logp = token_logprobs(policy, ids, mask, gen, cmask)
+            logp = token_logprobs(policy, ids, mask, gen, cmask, temperature)
             with torch.no_grad():
-                ref_logp = token_logprobs(ref, ids, mask, gen, cmask)
+                ref_logp = token_logprobs(ref, ids, mask, gen, cmask, temperature)
         loss, kl = grpo_loss(logp, ref_logp, cmask, adv, kl_coef)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -316,14 +316,19 @@ def regime(points: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[st
 def verdict(res: Mapping[str, Any]) -> str:
     d = res["hypervolume"]["difference"]
     reg = res["regime"]
-    where = (
-        "The two rewards trade off (each policy wins its own reward beyond the intervals), so "
-        "the fronts can be compared"
-        if reg.get("tradeoff")
-        else "The two rewards do NOT trade off here (one policy is not better on its own reward "
-        "beyond the intervals): the experiment is outside the regime the claim is about and "
-        "the comparison below says little"
-    )
+    if not reg.get("checked"):
+        where = f"Trade-off not checked ({reg.get('why', 'no λ = 0 and 1 points')})"
+    elif reg.get("tradeoff"):
+        where = (
+            "The two rewards trade off (each policy wins its own reward beyond the intervals), "
+            "so the fronts can be compared"
+        )
+    else:
+        where = (
+            "The two rewards do NOT trade off here (one policy is not better on its own reward "
+            "beyond the intervals): the experiment is outside the regime the claim is about and "
+            "the comparison below says little"
+        )
     if d["lo"] > 0:
         v = "LiNeS's front has the larger hypervolume (interval above 0)"
     elif d["hi"] < 0:

@@ -101,7 +101,13 @@ class TextBackbone(Backbone):
         self.folder = Path(folder)
         self.max_len = max_len
         cfg = json.loads((self.folder / "config.json").read_text())
-        if cfg.get("model_type") == "bert" and (self.folder / "tokenizer.json").is_file():
+        plain_bert = (
+            cfg.get("model_type") == "bert"
+            and cfg.get("hidden_act", "gelu") == "gelu"
+            and cfg.get("position_embedding_type", "absolute") == "absolute"
+            and (self.folder / "tokenizer.json").is_file()
+        )
+        if plain_bert:
             from lines.pipeline.minilm import Tokenizer, load_minibert
 
             self.tokenizer: Any = Tokenizer(self.folder)
