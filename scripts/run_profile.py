@@ -25,19 +25,8 @@ from typing import Any
 
 import yaml
 
-
-def unpack(section: dict[str, Any]) -> list[str]:
-    """DVC's dict unpacking: ``--key value``, lists as ``--key a b``, true booleans as ``--key``."""
-    out: list[str] = []
-    for k, v in section.items():
-        if isinstance(v, bool):
-            if v:
-                out.append(f"--{k}")
-        elif isinstance(v, list):
-            out += [f"--{k}", *map(str, v)]
-        else:
-            out += [f"--{k}", str(v)]
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lines.protocol.options import unpack_section as unpack  # noqa: E402
 
 
 def stage_commands(

@@ -27,20 +27,14 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from lines.protocol.options import unpack_section  # noqa: E402
+
 _VAR = re.compile(r"\$\{([^}]+)\}")
 
 
 def unpack(section: dict[str, Any]) -> str:
-    out: list[str] = []
-    for k, v in section.items():
-        if isinstance(v, bool):
-            if v:
-                out.append(f"--{k}")
-        elif isinstance(v, list):
-            out += [f"--{k}", *map(str, v)]
-        else:
-            out += [f"--{k}", str(v)]
-    return " ".join(shlex.quote(x) for x in out)
+    return " ".join(shlex.quote(x) for x in unpack_section(section))
 
 
 def lookup(params: dict[str, Any], path: str) -> Any:

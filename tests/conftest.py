@@ -1,5 +1,6 @@
 """Shared test helpers: tiny BERT-shaped checkpoints written to tmp_path, a snapshot of a folder
-(to assert that nothing was written), and the ``lines`` command run in-process."""
+(to assert that nothing was written), the ``lines`` command run in-process, and a temporary
+Prefect API for the flow tests (one per test module)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[str]:
+    """A temporary Prefect server for the module's flows (``prefect_test_harness``)."""
+    pytest.importorskip("prefect")
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
 
 
 def bert_shapes(

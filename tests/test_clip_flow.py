@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,41 +24,14 @@ pytest.importorskip("mlflow")
 pytest.importorskip("dvc")
 
 from clip_bench_fixture import SOUP_SEEDS, clip_params, make_bench  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Any:
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
-
-
-def _git(ws: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=ws, check=True, capture_output=True)
+from pipeline_workspace import make_pipeline_workspace  # noqa: E402
 
 
 def make_workspace(ws: Path) -> Path:
     """A git + DVC project holding the real clip/ pipeline and the lines/ sources it depends on."""
-    ws.mkdir(parents=True)
-    (ws / "clip").mkdir()
-    for f in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy2(ROOT / "clip" / f, ws / "clip" / f)
-    shutil.copytree(ROOT / "lines", ws / "lines", ignore=shutil.ignore_patterns("__pycache__"))
-    (ws / ".gitignore").write_text("__pycache__/\n")
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    _git(ws, "init", "-q")
-    _git(ws, "config", "user.email", "tests@lines")
-    _git(ws, "config", "user.name", "tests")
-    dvc = [sys.executable, "-m", "dvc"]
-    subprocess.run([*dvc, "init", "-q"], cwd=ws, check=True, env=env)
-    subprocess.run([*dvc, "config", "core.analytics", "false"], cwd=ws, check=True, env=env)
-    _git(ws, "add", "-A")
-    _git(ws, "commit", "-qm", "clip project")
-    return ws
+    return make_pipeline_workspace(
+        ws, ("clip/dvc.yaml", "clip/params.yaml", "clip/.gitignore", "lines"), "clip project"
+    )
 
 
 def _flow_kwargs(p: dict[str, Any]) -> dict[str, Any]:

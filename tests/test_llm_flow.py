@@ -8,12 +8,9 @@ line before anything runs."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,38 +18,14 @@ pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 pytest.importorskip("dvc")
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Any:
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
-
-
-def _git(ws: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=ws, check=True, capture_output=True)
+from pipeline_workspace import make_pipeline_workspace  # noqa: E402
 
 
 def make_workspace(ws: Path) -> Path:
     """A git + DVC project holding the real llm/ pipeline and the lines/ sources it depends on."""
-    ws.mkdir(parents=True)
-    shutil.copytree(ROOT / "llm", ws / "llm")
-    shutil.copytree(ROOT / "lines", ws / "lines", ignore=shutil.ignore_patterns("__pycache__"))
-    (ws / ".gitignore").write_text("__pycache__/\n")
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    _git(ws, "init", "-q")
-    _git(ws, "config", "user.email", "tests@lines")
-    _git(ws, "config", "user.name", "tests")
-    dvc = [sys.executable, "-m", "dvc"]
-    subprocess.run([*dvc, "init", "-q"], cwd=ws, check=True, env=env)
-    subprocess.run([*dvc, "config", "core.analytics", "false"], cwd=ws, check=True, env=env)
-    _git(ws, "add", "-A")
-    _git(ws, "commit", "-qm", "llm project")
-    return ws
+    return make_pipeline_workspace(
+        ws, ("llm/dvc.yaml", "llm/params.yaml", "llm/profiles", "lines"), "llm project"
+    )
 
 
 def test_llm_benchmark_flow_end_to_end(

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lines.errors import LinesError
+from lines.protocol.options import unpack_section as unpack
 
 # stage → the params sections unpacked into its command line (llm/dvc.yaml), and the extra
 # arguments dvc.yaml adds (a placeholder output, the foreach item).
@@ -26,20 +27,6 @@ STAGE_SECTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "rsoups": (("rlhf", "rsoups"), ("--out", "o")),
     "report": (("report",), ("--out", "o")),
 }
-
-
-def unpack(section: Mapping[str, Any]) -> list[str]:
-    """DVC's dict unpacking: ``--key value``, lists as ``--key a b``, true booleans ``--key``."""
-    out: list[str] = []
-    for k, v in section.items():
-        if isinstance(v, bool):
-            if v:
-                out.append(f"--{k}")
-        elif isinstance(v, list):
-            out += [f"--{k}", *map(str, v)]
-        else:
-            out += [f"--{k}", str(v)]
-    return out
 
 
 class _Refused(Exception):

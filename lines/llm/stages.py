@@ -198,10 +198,18 @@ def run_learned(
     log-likelihoods (``LLMEvaluator.logits``)."""
     from lines.protocol.baselines import run_baselines
 
+    return _protocol_stage(run_baselines, a, base, finetuned_dir, base_eval, out)
+
+
+def _protocol_stage(
+    fn: Any, a: argparse.Namespace, base: Path, finetuned_dir: Path, base_eval: Path, out: Path
+) -> dict[str, Any]:
+    """A protocol step over every task's fine-tuned model with the stage's section as its
+    config and bootstrap intervals (``schedules``, ``learned``)."""
     ev = evaluator(a, base)
     fts = {t: ft_path(finetuned_dir, t) for t in a.tasks}
     with workbench(a, ev, base) as b:
-        return run_baselines(
+        return fn(
             b,
             read_json(base_eval),
             a.tasks,
@@ -250,19 +258,7 @@ def run_schedules(
     """Is linear optimal? (``lines.protocol.schedules.run_schedules``)."""
     from lines.protocol.schedules import run_schedules as schedules
 
-    ev = evaluator(a, base)
-    fts = {t: ft_path(finetuned_dir, t) for t in a.tasks}
-    with workbench(a, ev, base) as b:
-        return schedules(
-            b,
-            read_json(base_eval),
-            a.tasks,
-            fts,
-            vars(a),
-            out,
-            n_boot=a.bootstrap,
-            boot_seed=a.bootstrap_seed,
-        )
+    return _protocol_stage(schedules, a, base, finetuned_dir, base_eval, out)
 
 
 # ----------------------------------------------------------------------------------------------

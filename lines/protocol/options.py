@@ -15,6 +15,21 @@ LEARNED_METHODS = (
 )
 
 
+def unpack_section(section: Any) -> list[str]:
+    """A params.yaml section as DVC's dict unpacking writes it on a command line: ``--key value``,
+    lists as ``--key a b``, true booleans as ``--key`` (false ones left out)."""
+    out: list[str] = []
+    for k, v in section.items():
+        if isinstance(v, bool):
+            if v:
+                out.append(f"--{k}")
+        elif isinstance(v, list):
+            out += [f"--{k}", *map(str, v)]
+        else:
+            out += [f"--{k}", str(v)]
+    return out
+
+
 def add_schedules_options(p: Any) -> None:
     """The ``schedules`` section's command-line options (an ``argparse`` parser), the same in
     every suite's ``schedules`` stage; the parsed namespace (``vars``) is :func:`lines.protocol.schedules.run_schedules`'s
