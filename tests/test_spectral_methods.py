@@ -177,3 +177,35 @@ def test_wudi_gram_form_of_a_tall_matrix_is_the_same_loss_and_gradient() -> None
     direct.backward()
     gram.backward()
     assert torch.allclose(m1.grad, m2.grad, rtol=1e-10)
+
+
+def test_wudi_analytic_gradient_is_the_autograd_gradient_of_its_loss() -> None:
+    # the quadratic form's 2(τ_m·G − B) against autograd through interference(), wide and tall
+    from lines.merging.methods.wudi import interference, quadratic_form
+
+    g = torch.Generator().manual_seed(3)
+    for shape in ((3, 5, 9), (3, 9, 5)):
+        tvs = torch.randn(*shape, dtype=torch.float64, generator=g)
+        l2 = tvs.reshape(3, -1).norm(dim=-1).square()
+        m = torch.randn(*shape[1:], dtype=torch.float64, generator=g).requires_grad_(True)
+        interference(m, tvs, l2).backward()
+        gram, b = quadratic_form(tvs, l2)
+        assert torch.allclose(2.0 * (m.detach() @ gram - b), m.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_wudi_steps_equal_an_autograd_adam_loop() -> None:
+    # the merge is the same Adam trajectory as optimising the loss with autograd (FusionBench's
+    # loop), up to rounding
+    from lines.merging.methods.wudi import interference
+
+    g = torch.Generator().manual_seed(4)
+    tvs = torch.randn(3, 7, 6, dtype=torch.float64, generator=g)
+    l2 = tvs.reshape(3, -1).norm(dim=-1).square()
+    m = torch.nn.Parameter(tvs.sum(0).clone())
+    opt = torch.optim.Adam([m], lr=1e-2)
+    for _ in range(50):
+        opt.zero_grad()
+        interference(m, tvs, l2).backward()
+        opt.step()
+    got = merge("wudi", *tvs, iterations=50, lr=1e-2)
+    assert torch.allclose(got, m.detach(), atol=1e-9)
