@@ -4,10 +4,12 @@ which parameters and how to read the results):
 1. take the workspace lock (``orchestration.workspace``: one experiment at a time per checkout);
 2. write the pipeline's ``params.yaml`` = profile + the flow's parameters, open the MLflow run
    with them;
-3. with ``fan_out``: reproduce the units' upstream (``dvc repro heads``), start every stale
-   per-task fine-tuning stage as a ``stage-unit`` deployment run (any worker of the pool picks it
-   up), wait, ``dvc commit`` them; then ``dvc repro TARGETS`` for the rest (finished stages are
-   skipped, so a rerun after a crash resumes);
+3. with ``fan_out``, for each of the experiment's fan-out phases in order (fine-tuning per task
+   and seed; in the LLM suite then the merge sweep, one stage per method): reproduce the phase's
+   upstream (``dvc repro heads``), start every stale stage of its foreach groups as a
+   ``stage-unit`` deployment run (any worker of the pool picks it up: one worker per GPU spreads
+   them over the GPUs), wait, ``dvc commit`` them; then ``dvc repro TARGETS`` for the rest
+   (finished stages are skipped, so a rerun after a crash resumes);
 4. run the flow's extra units (rewarded soups: one per weight point);
 5. ``dvc exp save`` (the run is a DVC experiment named like the MLflow run), ``dvc plots show``;
 6. build the record from the DVC outputs (``orchestration.records``) and log it; close the run.
@@ -49,7 +51,7 @@ from tasks.dvc import (
 from tasks.exchange import head_revision, push_upstream, restore_from_remote
 
 UNIT_DEPLOYMENT = "stage-unit/stage-unit"
-UNITS_UPSTREAM = ["heads"]  # what every fan-out unit reads besides the fetched data
+UNITS_UPSTREAM = ["heads"]  # what the text suite's units read besides the fetched data
 
 # The merge methods a flow accepts: every registered method (``lines/merging/methods/``), so a new
 # method file is a valid flow parameter with no edit here.
@@ -91,6 +93,16 @@ class Unit:
     name: str
     cmds: list[str]
     outs: list[str]
+    wdir: str = "."  # where the commands run, relative to the workspace (the stage's dvc.yaml)
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """One fan-out phase: the stale stages of the foreach ``groups`` run as units on the pool once
+    their common ``upstream`` stages are reproduced (and, with an exchange remote, pushed)."""
+
+    groups: list[str]
+    upstream: list[str] = field(default_factory=lambda: list(UNITS_UPSTREAM))
 
 
 @dataclass
@@ -120,7 +132,8 @@ class Experiment:
     kind: str
     targets: list[str]
     build_record: Callable[[Context], RunRecord]
-    fan_out_groups: list[str] = field(default_factory=list)
+    fan_out_groups: list[str] = field(default_factory=list)  # one phase after UNITS_UPSTREAM
+    fan_out_phases: list[FanOut] = field(default_factory=list)  # or phases of their own
     extra_units: Callable[[Context], list[Unit]] | None = None
     pipeline_dir: str = "."
     summary: Callable[[Context], dict[str, Any]] | None = None
@@ -128,6 +141,12 @@ class Experiment:
     keys: Mapping[str, str] = field(default_factory=dict)
     # Checks the parameters before params.yaml is written (one-line error naming the key).
     validate: Callable[[Mapping[str, Any], str], object] | None = validate_params
+
+    def phases(self) -> list[FanOut]:
+        """The fan-out phases, in order."""
+        if self.fan_out_groups:
+            return [FanOut(list(self.fan_out_groups)), *self.fan_out_phases]
+        return list(self.fan_out_phases)
 
 
 def experiment_name(kind: str, requested: str | None) -> str:
@@ -160,6 +179,7 @@ def run_units(
             "cmds": u.cmds,
             "outs": u.outs,
             "report": f"{report_dir}/{u.name}.json",
+            "wdir": u.wdir,
         }
         | ({"exchange": {**exchange, "stage": u.name}} if exchange else {})
         for u in units
@@ -252,13 +272,13 @@ def unit_artifact(flow_run_id: Any) -> dict[str, Any] | None:
     return None
 
 
-def fan_out_stale_stages(ctx: Context, groups: list[str], run: RunOptions) -> list[dict[str, Any]]:
-    """Run the stale stages of the foreach ``groups`` (fine-tuning per task / per seed) as units
-    on the pool, then record them in DVC. Stages the run cache holds are left to ``dvc repro``.
-    With ``run.exchange_remote`` the units run on hosts of their own and come back through the
-    DVC remote (``tasks.exchange``)."""
-    ws, log = ctx.workspace, logger()
-    dvc_repro(ws, UNITS_UPSTREAM)  # the units' common inputs first
+def fan_out_stale_stages(ctx: Context, phase: FanOut, run: RunOptions) -> list[dict[str, Any]]:
+    """Run the stale stages of the phase's foreach groups (fine-tuning per task / per seed, a
+    sweep's methods) as units on the pool, then record them in DVC. Stages the run cache holds
+    are left to ``dvc repro``. With ``run.exchange_remote`` the units run on hosts of their own
+    and come back through the DVC remote (``tasks.exchange``)."""
+    ws, log, groups = ctx.workspace, logger(), phase.groups
+    dvc_repro(ws, phase.upstream)  # the units' common inputs first
     stale = dvc_stale_stages(ws, groups)
     cached = dvc_run_cached(ws, stale) if stale else []
     if cached:
@@ -268,10 +288,10 @@ def fan_out_stale_stages(ctx: Context, groups: list[str], run: RunOptions) -> li
         log.info("%s: nothing to fan out", groups)
         return []
     specs = dvc_stage_specs(ws, stale)
-    units = [Unit(s, [specs[s]["cmd"]], specs[s]["outs"]) for s in stale]
+    units = [Unit(s, [specs[s]["cmd"]], specs[s]["outs"], specs[s]["wdir"]) for s in stale]
     exchange = None
     if run.exchange_remote:
-        push_upstream(ws, run.exchange_remote, UNITS_UPSTREAM)
+        push_upstream(ws, run.exchange_remote, phase.upstream)
         exchange = {
             "repo": run.exchange_repo or str(ws),
             "rev": head_revision(ws),
@@ -306,6 +326,11 @@ def add_run_context(rec: RunRecord, ctx: Context, exp: Mapping[str, str]) -> Non
     page = dvc_plots_show(ws, Path(".dvc/tmp/lines-plots") / ctx.name)
     if page is not None:
         rec.artifacts.append((page.parent, "dvc_plots"))
+    for i, ph in enumerate(ctx.extra.get("fan_out", [])):
+        # each fan-out phase's wall time and size, to compare pools of different sizes
+        rec.metrics[f"fan_out.phase{i}.wall_s"] = ph["wall_s"]
+        rec.metrics[f"fan_out.phase{i}.units"] = ph["units"]
+        rec.params[f"fan_out.phase{i}.groups"] = ph["groups"]
     if ctx.units:
         units_file = ws / ".dvc/tmp/lines-units" / f"{ctx.name}.json"
         units_file.parent.mkdir(parents=True, exist_ok=True)
@@ -360,8 +385,18 @@ def run_experiment(
         }
         tracker.start(name, tags, start_params)
         try:
-            if fan_out and exp.fan_out_groups:
-                ctx.units += fan_out_stale_stages(ctx, exp.fan_out_groups, run)
+            for phase in exp.phases() if fan_out else []:
+                t0 = time.perf_counter()
+                reports = fan_out_stale_stages(ctx, phase, run)
+                ctx.units += reports
+                if reports:  # the phase's wall time: what the pool's size buys (issue 15)
+                    ctx.extra.setdefault("fan_out", []).append(
+                        {
+                            "groups": phase.groups,
+                            "units": len(reports),
+                            "wall_s": round(time.perf_counter() - t0, 2),
+                        }
+                    )
             dvc_repro(ws, exp.targets)
             if exp.extra_units is not None:
                 ctx.units += run_units(
@@ -393,6 +428,7 @@ def run_experiment(
         "mlflow_run_id": tracker.run_id,
         "tracking": tracker.description,
         "units": ctx.units,
+        "fan_out": ctx.extra.get("fan_out", []),
         "metrics": exp.summary(ctx) if exp.summary else rec.metrics,
     }
 

@@ -5,6 +5,7 @@ run per flow run, nested runs per evaluation point and per rewarded-soups point)
 
     prefect deployment run 'llm-benchmark/smoke' --watch
     prefect deployment run 'llm-benchmark/smollm2' --param device=cuda --watch
+    prefect deployment run 'llm-benchmark/smollm2' --param fan_out=true --watch   # one unit per GPU
     python -m flows.llm                 # the same, as a plain script (temporary Prefect server)
 
 Like ``flows.clip``, it is ``flows._core.run_experiment`` for a pipeline in a folder of the
@@ -19,9 +20,17 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from flows._core import BlockPolicy, Experiment, Method, RunOptions, run_experiment
+from flows._core import BlockPolicy, Experiment, FanOut, Method, RunOptions, run_experiment
 from lines.llm.config import validate_llm_params
-from orchestration.llm import LLM_DIR, STAGES, dvc_targets, llm_record, overrides_of, summary
+from orchestration.llm import (
+    LLM_DIR,
+    STAGES,
+    dvc_targets,
+    fan_out_phases,
+    llm_record,
+    overrides_of,
+    summary,
+)
 
 Stage = Literal[STAGES]  # type: ignore[valid-type]
 
@@ -43,6 +52,7 @@ def llm_benchmark(
     params: dict[str, Any] | None = None,
     stages: list[Stage] | None = None,
     profile: str | None = None,
+    fan_out: bool = False,
     name: str | None = None,
     workspace: str = ".",
     run: RunOptions | None = None,
@@ -54,7 +64,9 @@ def llm_benchmark(
     over ``rsoups_lambdas`` with LiNeS (``rsoups_alpha``, ``rsoups_beta``; the paper: 1, 1);
     ``rl_steps``: GRPO steps per policy; ``device``: cpu, cuda, cuda:N or auto; ``params``: any
     other llm/params.yaml key, dotted (``{"rl.kl_coef": 0.1}``); ``stages``: reproduce only these
-    (and what they need)."""
+    (and what they need); ``fan_out``: the per-task and per-seed fine-tuning, the GRPO policies
+    and the merge sweep's methods run as ``stage-unit`` deployment runs, in parallel on the
+    pool's workers (one per GPU: ``scripts/stack.sh`` with ``LINES_GPU_WORKERS``)."""
     overrides = overrides_of(
         tasks=tasks,
         methods=methods,
@@ -77,8 +89,11 @@ def llm_benchmark(
         pipeline_dir=LLM_DIR,
         summary=lambda ctx: summary(ctx.pipeline),
         validate=validate_llm_params,
+        fan_out_phases=[FanOut(groups, upstream) for groups, upstream in fan_out_phases(stages)],
     )
-    return run_experiment(exp, overrides, profile=profile, workspace=workspace, name=name, run=run)
+    return run_experiment(
+        exp, overrides, profile=profile, workspace=workspace, name=name, fan_out=fan_out, run=run
+    )
 
 
 if __name__ == "__main__":

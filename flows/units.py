@@ -28,11 +28,15 @@ from orchestration.proc import run_command
 
 
 @task(name="run-stage-command")
-def run_stage_command(workspace: Path, name: str, cmds: list[str], outs: list[str]) -> list[str]:
+def run_stage_command(
+    workspace: Path, name: str, cmds: list[str], outs: list[str], wdir: str = "."
+) -> list[str]:
     """Remove the stage's outputs (as ``dvc repro`` does), create their parent folders, then run
-    its command(s)."""
+    its command(s) in ``workspace/wdir`` (the stage's ``dvc.yaml`` folder; ``outs`` are relative
+    to it)."""
+    cwd = Path(workspace) / wdir
     for o in outs:
-        p = Path(workspace) / o
+        p = cwd / o
         if p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
@@ -41,7 +45,7 @@ def run_stage_command(workspace: Path, name: str, cmds: list[str], outs: list[st
     for cmd in cmds:
         run_command(
             cmd,
-            Path(workspace),
+            cwd,
             log_file=Path(workspace) / ".dvc/tmp/lines-logs" / f"unit-{name}.log",
         )
     return outs
@@ -58,9 +62,11 @@ def stage_unit(
     outs: list[str],
     report: str | None = None,
     exchange: dict[str, Any] | None = None,
+    wdir: str = ".",
 ) -> dict[str, Any]:
-    """Run one unit (a DVC stage's command, or any command list) in ``workspace``; write a small
-    JSON report (where it ran, how long) to ``report`` if given. With ``exchange`` (``repo``,
+    """Run one unit (a DVC stage's command, or any command list) in ``workspace`` (in its folder
+    ``wdir``, where the stage's ``dvc.yaml`` is); write a small JSON report (where it ran, which
+    GPUs it saw, how long) to ``report`` if given. With ``exchange`` (``repo``,
     ``rev``, ``remote_url``, ``params``, ``stage``: see :func:`tasks.exchange.run_in_clone`) run the
     stage in a clone of its own instead, through the DVC remote; ``workspace`` is not read."""
     if exchange is not None:
@@ -76,13 +82,15 @@ def stage_unit(
         )
         return info
     t0 = time.time()
-    run_stage_command(Path(workspace), name, cmds, outs)
+    run_stage_command(Path(workspace), name, cmds, outs, wdir)
     info = {
         "unit": name,
         "outs": outs,
         "worker": os.environ.get("PREFECT__WORKER_NAME", "in-process"),
         "host": socket.gethostname(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "pid": os.getpid(),
+        "started": round(t0, 3),
         "seconds": round(time.time() - t0, 2),
     }
     if report:

@@ -43,6 +43,7 @@ STAGES = (
     "finetune",
     "base_eval",
     "edit",
+    "merge_method",
     "merge",
     "schedules",
     "learned",
@@ -59,6 +60,40 @@ STAGES = (
 def dvc_targets(stages: list[str] | None) -> list[str]:
     """``llm/dvc.yaml:<stage>`` targets run from the project root (all when empty)."""
     return pipeline_targets(LLM_DIR, STAGES, stages)
+
+
+# Fan-out phases (``flows._core.FanOut``): foreach groups whose stages run as parallel units, and
+# the stages they read; each phase runs only when a requested stage needs it.
+_PHASES: tuple[tuple[tuple[str, ...], tuple[str, ...], frozenset[str]], ...] = (
+    (
+        ("finetune",),
+        ("fetch",),
+        frozenset(
+            {"finetune", "base_eval", "edit", "merge_method", "merge"}
+            | {"schedules", "learned", "wiseft", "soups", "report"}
+        ),
+    ),
+    (("soup_finetune",), ("fetch",), frozenset({"soup_finetune", "soups", "report"})),
+    (("merge_method",), ("base_eval",), frozenset({"merge_method", "merge", "report"})),
+    (("rl",), ("sft",), frozenset({"rl", "rsoups"})),
+)
+
+
+def fan_out_phases(stages: list[str] | None) -> list[tuple[list[str], list[str]]]:
+    """(groups, upstream) of the fan-out phases the requested ``stages`` need (all when empty),
+    as ``llm/dvc.yaml:<stage>`` targets: fine-tuning per task and per soup seed (after
+    ``fetch``), the merge sweep per method (after ``base_eval``), GRPO per reward (after
+    ``sft``)."""
+    want = set(stages or STAGES)
+    out: list[tuple[list[str], list[str]]] = []
+    for groups, upstream, needed_by in _PHASES:
+        if want & needed_by:
+            g, u = dvc_targets(list(groups)), dvc_targets(list(upstream))
+            if out and out[-1][1] == u:  # same upstream: one phase, more units at once
+                out[-1][0].extend(g)
+            else:
+                out.append((g, u))
+    return out
 
 
 def overrides_of(**kw: Any) -> dict[str, Any]:

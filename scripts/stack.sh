@@ -3,12 +3,19 @@
 # tracking server, all bound to 127.0.0.1, telemetry off (docs/orchestration.md).
 #
 #   scripts/stack.sh start     # servers, pool "lines", `prefect deploy --all`, worker(s)
+#   scripts/stack.sh gpu-workers N   # (re)start the unit workers: one per GPU 0..N-1
 #   scripts/stack.sh status    # what runs, where
 #   scripts/stack.sh env       # the exports a shell needs to talk to the stack (eval "$(…)")
 #   scripts/stack.sh stop      # stops every process group it started; nothing is left behind
 #
 # Knobs (environment): LINES_PREFECT_PORT (4200), LINES_MLFLOW_PORT (5000), LINES_WORKERS (1),
 # LINES_POOL (lines), LINES_PYTHON (.venv/bin/python, else python3).
+# GPU runners: LINES_GPU_WORKERS=N starts, instead of LINES_WORKERS general workers, one worker for
+# the experiment flows (queue "default") and N unit workers (queue "units", one flow run at a time
+# each), worker i seeing only GPU i (CUDA_VISIBLE_DEVICES=i): fanned-out fine-tuning and sweep
+# units spread over the host's GPUs, one per GPU. LINES_MLFLOW=store records into the SQLite store
+# mlflow/mlflow.db directly, with no tracking server (a host with only the MLflow client,
+# mlflow-skinny); `mlflow ui --backend-store-uri sqlite:///…/mlflow.db` browses it anywhere.
 # State: .stack/ (pids, logs, the Prefect database) and mlflow/ (mlflow.db + artifacts/), both
 # self-ignored by git. Each process is started with setsid in its own process group, and `stop`
 # terminates whole groups: `mlflow server` starts worker processes that outlive a killed parent.
@@ -23,7 +30,9 @@ fi
 PREFECT_PORT="${LINES_PREFECT_PORT:-4200}"
 MLFLOW_PORT="${LINES_MLFLOW_PORT:-5000}"
 WORKERS="${LINES_WORKERS:-1}"
+GPU_WORKERS="${LINES_GPU_WORKERS:-}"
 POOL="${LINES_POOL:-lines}"
+MLFLOW_MODE="${LINES_MLFLOW:-server}"
 MLFLOW_DIR="$ROOT/mlflow"
 
 export PREFECT_HOME="$STATE/prefect"
@@ -35,7 +44,11 @@ export PREFECT_WORKER_QUERY_SECONDS=2
 export PREFECT_UI_API_URL="$PREFECT_API_URL"
 export DO_NOT_TRACK=true
 export MLFLOW_DISABLE_TELEMETRY=true
-export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
+if [[ "$MLFLOW_MODE" == store ]]; then
+  export MLFLOW_TRACKING_URI="sqlite:///$MLFLOW_DIR/mlflow.db"
+else
+  export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
+fi
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 export DVC_NO_ANALYTICS=1
 export HF_HUB_OFFLINE=1
@@ -107,7 +120,7 @@ cmd_start() {
     port_free "$PREFECT_PORT" || { log "port $PREFECT_PORT is taken (set LINES_PREFECT_PORT)"; exit 1; }
     spawn prefect-server "$PY" -m prefect server start --host 127.0.0.1 --port "$PREFECT_PORT"
   fi
-  if ! alive mlflow-server; then
+  if [[ "$MLFLOW_MODE" != store ]] && ! alive mlflow-server; then
     port_free "$MLFLOW_PORT" || { log "port $MLFLOW_PORT is taken (set LINES_MLFLOW_PORT)"; exit 1; }
     spawn mlflow-server "$PY" -m mlflow server \
       --backend-store-uri "sqlite:///$MLFLOW_DIR/mlflow.db" \
@@ -115,7 +128,7 @@ cmd_start() {
       --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
   fi
   wait_http "http://127.0.0.1:$PREFECT_PORT/api/health" 180 "Prefect server" prefect-server
-  wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 120 "MLflow server" mlflow-server
+  [[ "$MLFLOW_MODE" == store ]] || wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 120 "MLflow server" mlflow-server
 
   if ! "$PY" -m prefect work-pool inspect "$POOL" >/dev/null 2>&1; then
     "$PY" -m prefect work-pool create "$POOL" --type process >/dev/null
@@ -125,12 +138,46 @@ cmd_start() {
     || { log "prefect deploy failed:"; tail -30 "$STATE/logs/deploy.log" >&2; exit 1; }
   log "deployments: $(grep -c "Deployment '.*' successfully created" "$STATE/logs/deploy.log" || true) created (log: .stack/logs/deploy.log)"
 
-  for i in $(seq 1 "$WORKERS"); do
-    spawn "worker-$i" "$PY" -m prefect worker start --pool "$POOL" --name "lines-worker-$i" --type process
-  done
+  if [[ -n "$GPU_WORKERS" ]]; then
+    spawn worker-experiments "$PY" -m prefect worker start --pool "$POOL" --work-queue default \
+      --name lines-experiments --type process
+    cmd_gpu_workers "$GPU_WORKERS"
+  else
+    for i in $(seq 1 "$WORKERS"); do
+      spawn "worker-$i" "$PY" -m prefect worker start --pool "$POOL" --name "lines-worker-$i" --type process
+    done
+  fi
   cmd_status
   log "ready. In another shell: eval \"\$(scripts/stack.sh env)\"; then e.g."
   log "  prefect deployment run 'merging-benchmark/smoke' --watch"
+}
+
+cmd_gpu_workers() {  # N: stop the unit workers, start N (worker i: GPU i, one run at a time)
+  local n="$1" f i
+  for f in "$STATE"/gpu-worker-*.pid; do [[ -e "$f" ]] && stop_group "$(basename "$f" .pid)" INT 5; done
+  for i in $(seq 0 $((n - 1))); do
+    CUDA_VISIBLE_DEVICES=$i spawn "gpu-worker-$i" "$PY" -m prefect worker start --pool "$POOL" \
+      --work-queue units --limit 1 --name "lines-gpu-$i" --type process
+  done
+  wait_workers "$n"
+}
+
+wait_workers() {  # N: until N unit workers are online (they poll every PREFECT_WORKER_QUERY_SECONDS)
+  "$PY" - "$POOL" "$1" <<'EOF'
+import sys, time
+from prefect.client.orchestration import get_client
+pool, n = sys.argv[1], int(sys.argv[2])
+t0 = time.time()
+with get_client(sync_client=True) as c:
+    while time.time() - t0 < 120:
+        live = [w.name for w in c.read_workers_for_work_pool(pool)
+                if w.name.startswith("lines-gpu-") and str(w.status).endswith("ONLINE")]
+        if len(live) >= n:
+            print(f"[stack] unit workers online: {sorted(live)}", file=sys.stderr)
+            sys.exit(0)
+        time.sleep(1)
+sys.exit(f"[stack] fewer than {n} unit workers online after 120 s")
+EOF
 }
 
 stop_group() {  # NAME SIGNAL SECONDS: signal the process group, KILL what is left after SECONDS
@@ -170,8 +217,10 @@ cmd_stop() {
   local f
   # A Prefect worker stops polling on SIGINT and then waits for its flow runs (which share its
   # process group, so they get the signal too); what is left after 5 s is killed.
-  for f in "$STATE"/worker-*.pid; do [[ -e "$f" ]] && stop_group "$(basename "$f" .pid)" INT 5; done
-  stop_group mlflow-server TERM 15
+  for f in "$STATE"/worker-*.pid "$STATE"/gpu-worker-*.pid; do
+    [[ -e "$f" ]] && stop_group "$(basename "$f" .pid)" INT 5
+  done
+  stop_group mlflow-server TERM 15  # none in LINES_MLFLOW=store mode
   stop_group prefect-server TERM 15
   # Every process spawned here, and every flow run of its workers, carries LINES_STACK=<root>
   # in its environment: none may be left.
@@ -189,13 +238,18 @@ cmd_status() {
     if alive "$n"; then echo "$n: running (pgid $(cat "$f"))"; else echo "$n: dead (stale pid file)"; fi
   done
   echo "Prefect UI/API: http://127.0.0.1:$PREFECT_PORT  (PREFECT_API_URL=$PREFECT_API_URL)"
-  echo "MLflow UI:      $MLFLOW_TRACKING_URI  (store sqlite:///$MLFLOW_DIR/mlflow.db)"
+  if [[ "$MLFLOW_MODE" == store ]]; then
+    echo "MLflow store:   $MLFLOW_TRACKING_URI  (no server; mlflow ui --backend-store-uri $MLFLOW_TRACKING_URI)"
+  else
+    echo "MLflow UI:      $MLFLOW_TRACKING_URI  (store sqlite:///$MLFLOW_DIR/mlflow.db)"
+  fi
 }
 
 case "${1:-}" in
   start) cmd_start ;;
+  gpu-workers) cmd_gpu_workers "${2:?usage: $0 gpu-workers N}" ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 start|gpu-workers N|stop|status|env" >&2; exit 2 ;;
 esac

@@ -82,14 +82,18 @@ def _dvc_api(workspace: Path, code: str, *args: str) -> Any:
 
 @task(name="dvc-stage-specs")
 def dvc_stage_specs(workspace: Path, stages: list[str]) -> dict[str, dict[str, Any]]:
-    """Each stage's resolved command (``${...}`` interpolated from params.yaml) and outputs, so a
-    unit elsewhere can run exactly what ``dvc repro`` would."""
+    """Each stage's resolved command (``${...}`` interpolated from params.yaml), its working
+    directory relative to the project root (``llm`` for ``llm/dvc.yaml``'s stages) and its
+    outputs relative to that directory, so a unit elsewhere can run exactly what ``dvc repro``
+    would."""
     code = (
+        "import os\n"
         "out = {}\n"
         "for name in sys.argv[1:]:\n"
         "    (st,) = r.stage.collect(name)\n"
         "    cmd = st.cmd if isinstance(st.cmd, str) else ' && '.join(st.cmd)\n"
-        "    out[name] = {'cmd': cmd, 'outs': [str(o.def_path) for o in st.outs]}\n"
+        "    wdir = os.path.relpath(st.wdir, r.root_dir)\n"
+        "    out[name] = {'cmd': cmd, 'wdir': wdir, 'outs': [str(o.def_path) for o in st.outs]}\n"
         "print(json.dumps(out))\n"
     )
     return _dvc_api(workspace, code, *stages)

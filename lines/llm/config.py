@@ -18,6 +18,7 @@ STAGE_SECTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "base_eval": (("common",), ("--out", "o")),
     "edit": (("common", "edit"), ("--out", "o")),
     "merge": (("common", "merge"), ("--out", "o")),
+    "gather_merge": (("merge",), ("--out", "o")),
     "schedules": (("common", "schedules"), ("--out", "o")),
     "learned": (("common", "learned"), ("--out", "o")),
     "wiseft": (("common", "wiseft"), ("--out", "o")),

@@ -19,7 +19,9 @@ base_eval   ``out/eval/base.json``: rank-classification accuracy of θ_0 (zero-s
 edit        ``out/edit/``: single-task LiNeS editing over γ (``lines.protocol.single``).
 merge       ``out/merge/``: task arithmetic, TIES, Consensus (any ``lines`` method), each
             without LiNeS (uniform λ) and with LiNeS (β, α from the rule), chosen on val,
-            reported on test (``lines.protocol.merge``).
+            reported on test (``lines.protocol.merge``). In ``llm/dvc.yaml`` each method is a
+            stage of its own (``merge_method@<method>`` → ``out/merge_parts/<method>/``, so a
+            flow fans them out over GPUs) and ``gather_merge`` writes the one ``out/merge/``.
 schedules   ``out/schedules/``: every λ(ℓ) schedule at an equal val budget against linear.
 learned     ``out/learned/``: Fisher merging, AdaMerging, aTLAS, output ensembles against
             TA + LiNeS, with their cost (``lines.protocol.baselines``).
@@ -346,14 +348,26 @@ def build_parser() -> argparse.ArgumentParser:
     io(p, True)
     p.add_argument("--gammas", nargs="+", type=float, required=True)
 
+    def merge_options(p: argparse.ArgumentParser) -> None:
+        """The ``merge`` section of llm/params.yaml."""
+        p.add_argument("--methods", nargs="+", required=True)
+        p.add_argument("--lambdas", nargs="+", type=float, required=True, help="uniform λ grid")
+        p.add_argument("--betas", nargs="+", type=float, required=True, help="LiNeS β grid")
+        add_method_options(p, skip={"seed"}, grid_nargs="*")
+        p.add_argument("--alpha_norm", default="l1", choices=["l1", "l2"])
+
     p = sub.add_parser("merge", help="multi-task merging with and without LiNeS")
     _common(p)
     io(p, True)
-    p.add_argument("--methods", nargs="+", required=True)
-    p.add_argument("--lambdas", nargs="+", type=float, required=True, help="uniform λ grid")
-    p.add_argument("--betas", nargs="+", type=float, required=True, help="LiNeS β grid")
-    add_method_options(p, skip={"seed"}, grid_nargs="*")
-    p.add_argument("--alpha_norm", default="l1", choices=["l1", "l2"])
+    merge_options(p)
+
+    p = sub.add_parser(
+        "gather_merge",
+        help="one merge.json from per-method merge runs (merge_method@<method>, run in parallel)",
+    )
+    merge_options(p)  # the section as the parts saw it; --methods gives the report's order
+    p.add_argument("--parts", type=Path, default=Path("out/merge_parts"), help="<parts>/<method>/")
+    p.add_argument("--out", type=Path, required=True)
 
     p = sub.add_parser(
         "learned", help="Fisher, AdaMerging, aTLAS, output ensembles against TA + LiNeS, with cost"
@@ -381,8 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="regime check, intervals, tables and plots")
     p.add_argument("--base", type=Path, default=Path("ckpt/base"))
     p.add_argument("--base_eval", type=Path, default=Path("out/eval/base.json"))
-    for n in ("edit", "merge"):
-        p.add_argument(f"--{n}", type=Path, default=Path(f"out/{n}"))
+    p.add_argument(
+        "--edit", type=Path, default=Path("out/edit"), help="edit stage output; 'none': not run"
+    )
+    p.add_argument("--merge", type=Path, default=Path("out/merge"))
     for n in ("wiseft", "soups", "learned"):
         p.add_argument(f"--{n}", type=Path, default=None, help=f"{n} stage output folder")
     p.add_argument("--schedules", type=Path, default=None, help="schedules stage output folder")
@@ -471,6 +487,8 @@ def run(a: argparse.Namespace) -> Any:
         return run_edit(a, a.base, a.finetuned, a.base_eval, a.out)
     if a.stage == "merge":
         return run_merge(a, a.base, a.finetuned, a.base_eval, a.out)
+    if a.stage == "gather_merge":
+        return pm.gather_merge([a.parts / m for m in a.methods], a.out)
     if a.stage == "schedules":
         return run_schedules(a, a.base, a.finetuned, a.base_eval, a.out)
     if a.stage == "wiseft":
@@ -493,10 +511,11 @@ def run(a: argparse.Namespace) -> Any:
         from lines.pipeline.report import run_report
 
         model = model_name(a.base)
+        edit = a.edit if a.edit is not None and str(a.edit) != "none" else None
         return run_report(
             a.base_eval,
             None,
-            a.edit,
+            edit,
             a.merge,
             a.soups,
             a.wiseft,

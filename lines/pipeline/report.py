@@ -45,7 +45,7 @@ SUITE_NOTES = {
 def run_report(
     base_eval: Path,
     heads: Path | None,
-    edit_dir: Path,
+    edit_dir: Path | None,
     merge_dir: Path,
     soups_dir: Path | None,
     wiseft_dir: Path | None,
@@ -64,7 +64,8 @@ def run_report(
     base = read_output(base_eval, schemas.BaseEval)
     # No heads file (the LLM suite): zero-shot is the model itself (rank classification).
     hs = read_json(heads) if heads else {"kind": "zeroshot", "tasks": {}}
-    edit = read_output(Path(edit_dir) / "edit.json", schemas.EditResult)
+    # No edit stage (a merging-only run, e.g. a GPU sweep): the editing section says so.
+    edit = read_output(Path(edit_dir) / "edit.json", schemas.EditResult) if edit_dir else None
     merge = read_output(Path(merge_dir) / "merge.json", schemas.MergeResult)
     soups = read_output(Path(soups_dir) / "soups.json", schemas.SoupsResult) if soups_dir else None
     wiseft = (
@@ -89,7 +90,7 @@ def run_report(
         model = f"{backbone} ({kind})"
     regime = regime_check(base, tasks, merge, n_boot=n_boot, seed=boot_seed)
     merge_cis = merge_intervals(merge, base, n_boot, boot_seed)
-    edit_cis = edit_intervals(edit, base, n_boot, boot_seed)
+    edit_cis = edit_intervals(edit, base, n_boot, boot_seed) if edit else {}
 
     sanity = {
         t: {
@@ -106,7 +107,7 @@ def run_report(
         "finetuned_test_avg_acc": mean(base["finetuned"][t]["test"][t] for t in tasks),
         "finetune_beats_probe_all": all(v["finetune_beats_probe"] for v in sanity.values()),
         "merge": merge_metrics(merge),
-        "edit": edit["average_at_best"],
+        "edit": edit["average_at_best"] if edit else {},
         "heads_kind": head_kind,
         "regime": {
             k: regime[k]
@@ -186,9 +187,12 @@ def run_report(
     if not merge_cis:
         parts.append(verdict_line(merge))
     parts += ["", "## Single-task editing", ""]
-    if not regime["in_forgetting_regime"]:
+    if edit is None:
+        parts += ["(Not run: this run had no edit stage.)", ""]
+    elif not regime["in_forgetting_regime"]:
         parts += ["(Not in the forgetting regime: see the regime check; no conclusion drawn.)", ""]
-    parts += [edit_ci_md(edit_cis), "", edit_table_md(edit, base), ""]
+    if edit is not None:
+        parts += [edit_ci_md(edit_cis), "", edit_table_md(edit, base), ""]
     f1 = fig1_summary(fig1, n_boot, boot_seed) if fig1 else []
     if fig1:
         parts += [
@@ -223,11 +227,12 @@ def run_report(
         out_dir,
         merge,
         read_csv(Path(merge_dir) / "merge_sweep.csv"),
-        read_csv(Path(edit_dir) / "edit_sweep.csv"),
+        read_csv(Path(edit_dir) / "edit_sweep.csv") if edit_dir else [],
         wiseft,
     )
     ft_val = {t: base["finetuned"][t]["val"][t] for t in tasks}
-    made.append(fig2(out_dir, base, edit, suite=suite, model=model, tasks=tasks))
+    if edit is not None:
+        made.append(fig2(out_dir, base, edit, suite=suite, model=model, tasks=tasks))
     d = delta_ci(out_dir, merge_cis, edit_cis, suite=suite, model=model, tasks=tasks)
     if d:
         made.append(d)

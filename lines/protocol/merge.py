@@ -9,6 +9,7 @@ both by average normalised accuracy on val (:mod:`lines.protocol.scores`), repor
 
 from __future__ import annotations
 
+import csv
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lines.errors import LinesError
 from lines.merging import make_method
 from lines.merging.params import method_params
 from lines.protocol.results import write_csv
-from lines.protocol.schemas import MergeResult, write_output
+from lines.protocol.schemas import MergeResult, read_output, write_output
 from lines.protocol.scores import mean, normalise, select
 from lines.protocol.suite import Workbench
 from lines.scaling import auto_alpha, lines_lambdas
@@ -154,4 +156,40 @@ def run_merge(
         for variant in ("baseline", "lines"):
             series = [r for r in rows if r["method"] == name and r["variant"] == variant]
             write_csv(out_dir / "sweeps" / f"{name}-{variant}.csv", series)
+    return res
+
+
+def gather_merge(parts: Sequence[Path], out_dir: Path) -> dict[str, Any]:
+    """One ``merge.json`` (and its CSVs) from per-method runs of :func:`run_merge` (``parts``:
+    their output folders, one method or more each), so the methods of a sweep can run as
+    separate processes (one GPU each) and the report reads one file. The parts must agree on
+    everything but their methods (tasks, blocks, policy, α norm, examples); a method in two parts
+    is an error."""
+    merged: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] = []
+    shared = ("tasks", "block_policy", "num_blocks", "alpha_norm", "examples")
+    for part in parts:
+        res = read_output(Path(part) / "merge.json", MergeResult)
+        if merged is None:
+            merged = {**res, "methods": {}}
+        else:
+            diff = [k for k in shared if res.get(k) != merged.get(k)]
+            if diff:
+                raise LinesError(
+                    f"{part}/merge.json: {', '.join(diff)} differ from {parts[0]}/merge.json"
+                )
+        twice = sorted(set(res["methods"]) & set(merged["methods"]))
+        if twice:
+            raise LinesError(f"{part}/merge.json: method(s) {', '.join(twice)} in two parts")
+        merged["methods"].update(res["methods"])
+        with open(Path(part) / "merge_sweep.csv", newline="") as f:
+            rows += list(csv.DictReader(f))  # values stay the exact text run_merge wrote
+        for f in sorted((Path(part) / "sweeps").glob("*.csv")):
+            (Path(out_dir) / "sweeps").mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / "sweeps" / f.name).write_text(f.read_text())
+    if merged is None:
+        raise LinesError("gather_merge: no parts given")
+    out_dir = Path(out_dir)
+    res = write_output(out_dir / "merge.json", MergeResult, merged)
+    write_csv(out_dir / "merge_sweep.csv", rows)
     return res
