@@ -274,12 +274,12 @@ def unit_artifact(flow_run_id: Any) -> dict[str, Any] | None:
 
 def fan_out_stale_stages(ctx: Context, phase: FanOut, run: RunOptions) -> list[dict[str, Any]]:
     """Run the stale stages of the phase's foreach groups (fine-tuning per task / per seed, a
-    sweep's methods) as units on the pool, then record them in DVC. Stages the run cache holds
-    are left to ``dvc repro``. With ``run.exchange_remote`` the units run on hosts of their own
+    sweep's methods) as units on the pool, then record them in DVC; the phase's upstream must be
+    up to date (``dvc repro phase.upstream``). Stages the run cache holds are left to
+    ``dvc repro``. With ``run.exchange_remote`` the units run on hosts of their own
     and come back through the DVC remote (``tasks.exchange``)."""
     ws, log, groups = ctx.workspace, logger(), phase.groups
-    dvc_repro(ws, phase.upstream)  # the units' common inputs first
-    stale = dvc_stale_stages(ws, groups)
+    stale = dvc_stale_stages(ws, groups)  # (the caller reproduced phase.upstream first)
     cached = dvc_run_cached(ws, stale) if stale else []
     if cached:
         log.info("in the run cache, left to dvc repro: %s", cached)
@@ -329,6 +329,7 @@ def add_run_context(rec: RunRecord, ctx: Context, exp: Mapping[str, str]) -> Non
     for i, ph in enumerate(ctx.extra.get("fan_out", [])):
         # each fan-out phase's wall time and size, to compare pools of different sizes
         rec.metrics[f"fan_out.phase{i}.wall_s"] = ph["wall_s"]
+        rec.metrics[f"fan_out.phase{i}.upstream_s"] = ph["upstream_s"]
         rec.metrics[f"fan_out.phase{i}.units"] = ph["units"]
         rec.params[f"fan_out.phase{i}.groups"] = ph["groups"]
     if ctx.units:
@@ -387,14 +388,17 @@ def run_experiment(
         try:
             for phase in exp.phases() if fan_out else []:
                 t0 = time.perf_counter()
+                dvc_repro(ws, phase.upstream)  # the units' common inputs first (serial)
+                t1 = time.perf_counter()
                 reports = fan_out_stale_stages(ctx, phase, run)
                 ctx.units += reports
-                if reports:  # the phase's wall time: what the pool's size buys (issue 15)
+                if reports:  # what the pool's size buys (issue 15): units started → recorded
                     ctx.extra.setdefault("fan_out", []).append(
                         {
                             "groups": phase.groups,
                             "units": len(reports),
-                            "wall_s": round(time.perf_counter() - t0, 2),
+                            "upstream_s": round(t1 - t0, 2),
+                            "wall_s": round(time.perf_counter() - t1, 2),
                         }
                     )
             dvc_repro(ws, exp.targets)

@@ -39,7 +39,7 @@ d['common']['data'] = sys.argv[2]; yaml.safe_dump(d, open(p, 'w'), sort_keys=Fal
     (cd "$WS" && git commit -qam "this host's data folder")
   fi
   t0=$EPOCHREALTIME
-  prefect deployment run "$DEPLOYMENT" --watch --param fan_out=true --param "workspace=$WS" \
+  "$LINES_PYTHON" -m prefect deployment run "$DEPLOYMENT" --watch --param fan_out=true --param "workspace=$WS" \
     --param "name=gpus$G" --param "stages=$STAGES" --param "methods=$METHODS" \
     --param "lambdas=$GRID" --param "betas=$GRID" --param "params=$PARAMS" > "$OUT/logs/flow_g$G.log" 2>&1
   rc=$?
