@@ -197,3 +197,96 @@ def test_run_stage_command_in_wdir_replaces_stale_output(tmp_path: Path) -> None
     run_stage_command.fn(ws, "u", cmds, ["o.txt", "d/p.txt"], wdir="sub")
     assert (ws / "sub" / "o.txt").read_text() == "hi\n"
     assert (ws / "sub" / "d" / "p.txt").read_text() == "there\n"
+
+
+@pytest.mark.slow
+def test_llm_flow_fans_out_over_two_unit_workers(
+    prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU runner's layout on CPU: the project's deployments, two unit workers on queue
+    ``units`` (``--limit 1``, worker i with ``CUDA_VISIBLE_DEVICES=i``, as ``scripts/stack.sh
+    gpu-workers 2`` starts them); the LLM flow with ``fan_out`` sends the fine-tuning and then the
+    merge sweep's methods to them, records both phases, and DVC ends up to date."""
+    import signal
+    import time
+
+    from pipeline_workspace import ROOT, make_pipeline_workspace
+    from prefect.client.orchestration import get_client
+
+    from flows.llm import llm_benchmark
+
+    ws = make_pipeline_workspace(
+        tmp_path / "ws", ("llm/dvc.yaml", "llm/params.yaml", "llm/profiles", "lines"), "llm"
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api,
+        "MLFLOW_TRACKING_URI": uri,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    py = [sys.executable, "-m", "prefect"]
+    subprocess.run([*py, "work-pool", "create", "lines", "--type", "process"], env=env, cwd=ROOT)
+    dep = subprocess.run(
+        [*py, "--no-prompt", "deploy", "--all"], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert dep.returncode == 0, dep.stdout[-2000:] + dep.stderr[-2000:]
+    workers = [
+        subprocess.Popen(
+            [*py, "worker", "start", "--pool", "lines", "--work-queue", "units", "--limit", "1"]
+            + ["--name", f"lines-gpu-{i}", "--type", "process"],
+            env={**env, "CUDA_VISIBLE_DEVICES": str(i)},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        with get_client(sync_client=True) as client:
+            t0 = time.time()
+            while time.time() - t0 < 120:
+                names = {w.name for w in client.read_workers_for_work_pool("lines")}
+                if {"lines-gpu-0", "lines-gpu-1"} <= names:
+                    break
+                time.sleep(1)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        res = llm_benchmark(
+            workspace=str(ws),
+            profile="smoke",
+            fan_out=True,
+            stages=["finetune", "merge"],
+            name="t-llm-fan-out",
+        )
+    finally:
+        for w in workers:
+            os.killpg(w.pid, signal.SIGINT)
+        for w in workers:
+            try:
+                w.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(w.pid, signal.SIGKILL)
+    units = {u["unit"]: u for u in res["units"]}
+    assert set(units) == {
+        "llm/dvc.yaml:finetune@rotten_tomatoes",
+        "llm/dvc.yaml:finetune@sms_spam",
+        "llm/dvc.yaml:merge_method@task_arithmetic",
+        "llm/dvc.yaml:merge_method@ties",
+        "llm/dvc.yaml:merge_method@consensus",
+    }
+    assert {u["cuda_visible_devices"] for u in units.values()} == {"0", "1"}
+    assert [p["units"] for p in res["fan_out"]] == [2, 3]
+    merge = json.loads((ws / "llm/out/merge/merge.json").read_text())
+    assert list(merge["methods"]) == ["task_arithmetic", "ties", "consensus"]
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "llm/dvc.yaml:merge"],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "up to date" in status
