@@ -18,22 +18,13 @@ CLIP:
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lines.protocol.schemas import MergeResult, SoupsResult, WiseftResult, read_output
-from orchestration.records import (
-    add_prefixed,
-    editing_record,
-    merging_record,
-    read_json,
-    schedules_record,
-    soups_record,
-    wiseft_record,
-)
+from lines.protocol.schemas import MergeResult, read_output
+from orchestration.records import add_suite_stages, merging_record, read_json
 from orchestration.tracking import Point, RunRecord
 from orchestration.workspace import pipeline_targets
 
@@ -105,27 +96,18 @@ def clip_record(clip_dir: Path, params: Mapping[str, Any]) -> RunRecord:
                 return sha[k]
         return None
 
-    # editing_record reads the block policy from its section; in clip/ it is common's.
-    with_policy = copy.deepcopy(dict(params))
-    with_policy.setdefault("edit", {})["block_policy"] = common.get("block_policy", "reference")
-    with_policy.setdefault("soups", {})["block_policy"] = common.get("block_policy", "reference")
-    if (d / "out/edit/edit.json").is_file():
-        add_prefixed(editing_record(d, with_policy), "edit", rec, {"sha256.finetuned": task_sha})
-    w = d / "out/wiseft/wiseft.json"
-    wiseft = read_output(w, WiseftResult) if w.is_file() else {"skipped": "not run"}
-    if not wiseft.get("skipped"):
-        model = wiseft["model"]
-        add_prefixed(
-            wiseft_record(d, with_policy),
-            "wiseft",
-            rec,
-            {"model": lambda p: model, "sha256.finetuned": lambda p: sha.get(model)},
-        )
-    s = d / "out/soups/soups.json"
-    if s.is_file() and not read_output(s, SoupsResult).get("skipped"):
-        add_prefixed(soups_record(d, with_policy), "soups", rec, {})
-    if (d / "out/schedules/schedules.json").is_file():
-        add_prefixed(schedules_record(d, params), "schedules", rec, {})
+    def wiseft_extra(wiseft: Mapping[str, Any]) -> dict[str, Any]:
+        m = wiseft["model"]
+        return {"model": lambda p: m, "sha256.finetuned": lambda p: sha.get(m)}
+
+    add_suite_stages(
+        rec,
+        d,
+        params,
+        common.get("block_policy", "reference"),
+        edit_extra={"sha256.finetuned": task_sha},
+        wiseft_extra=wiseft_extra,
+    )
     rec.artifacts.append((d / "ckpt/prepare.json", "manifests"))
     rec.artifacts += [
         (p, "manifests/finetuned") for p in sorted((d / "ckpt/finetuned").glob("*.json"))

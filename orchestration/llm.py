@@ -24,16 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lines.io import sha256_file
-from lines.protocol.schemas import SoupsResult, WiseftResult, read_output
-from orchestration.records import (
-    add_prefixed,
-    editing_record,
-    merging_record,
-    read_json,
-    schedules_record,
-    soups_record,
-    wiseft_record,
-)
+from orchestration.records import add_prefixed, add_suite_stages, merging_record, read_json
 from orchestration.tracking import Point, RunRecord
 from orchestration.workspace import pipeline_targets
 
@@ -187,19 +178,7 @@ def llm_record(llm_dir: Path, params: Mapping[str, Any]) -> RunRecord:
         files = read_json(fetch).get("files", {})
         rec.params.update({f"sha256.base.{k}": v for k, v in files.items() if isinstance(v, str)})
         rec.artifacts.append((fetch, "manifests"))
-    with_policy = json.loads(json.dumps(dict(params)))
-    for section in ("edit", "soups"):  # the records read the block policy from their section
-        with_policy.setdefault(section, {})["block_policy"] = rec.params["block_policy"]
-    if (d / "out/edit/edit.json").is_file():
-        add_prefixed(editing_record(d, with_policy), "edit", rec, {})
-    w = d / "out/wiseft/wiseft.json"
-    if w.is_file() and not read_output(w, WiseftResult).get("skipped"):
-        add_prefixed(wiseft_record(d, with_policy), "wiseft", rec, {})
-    s = d / "out/soups/soups.json"
-    if s.is_file() and not read_output(s, SoupsResult).get("skipped"):
-        add_prefixed(soups_record(d, with_policy), "soups", rec, {})
-    if (d / "out/schedules/schedules.json").is_file():
-        add_prefixed(schedules_record(d, params), "schedules", rec, {})
+    add_suite_stages(rec, d, params, rec.params["block_policy"])
     if (d / "out/rsoups/rsoups.json").is_file():
         sft = d / "ckpt/sft/model.safetensors"
         if sft.is_file():

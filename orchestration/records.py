@@ -21,7 +21,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -391,3 +391,34 @@ def add_prefixed(sub: RunRecord, prefix: str, into: RunRecord, extra: Mapping[st
                 params[key] = v
         into.points.append(Point(f"{prefix}/{p.name}", params, p.metrics))
     into.artifacts += [a for a in sub.artifacts if a not in into.artifacts]
+
+
+def add_suite_stages(
+    rec: RunRecord,
+    d: Path,
+    params: Mapping[str, Any],
+    block_policy: str,
+    *,
+    edit_extra: Mapping[str, Any] | None = None,
+    wiseft_extra: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+) -> None:
+    """Add to ``rec`` the editing, WiSE-FT, soups and schedules parts of a suite whose pipeline
+    keeps one block policy in ``common`` (``clip/``, ``llm/``), each under its prefix and only
+    when its output exists and was not skipped. ``edit_extra``: per-point params of the editing
+    part (``add_prefixed``); ``wiseft_extra(wiseft_result)``: those of the WiSE-FT part."""
+    # the editing and soups records read the block policy from their own section
+    with_policy = json.loads(json.dumps(dict(params)))
+    for section in ("edit", "soups"):
+        with_policy.setdefault(section, {})["block_policy"] = block_policy
+    if (d / "out/edit/edit.json").is_file():
+        add_prefixed(editing_record(d, with_policy), "edit", rec, edit_extra or {})
+    w = d / "out/wiseft/wiseft.json"
+    wiseft = read_output(w, schemas.WiseftResult) if w.is_file() else {"skipped": "not run"}
+    if not wiseft.get("skipped"):
+        extra = wiseft_extra(wiseft) if wiseft_extra is not None else {}
+        add_prefixed(wiseft_record(d, with_policy), "wiseft", rec, extra)
+    s = d / "out/soups/soups.json"
+    if s.is_file() and not read_output(s, schemas.SoupsResult).get("skipped"):
+        add_prefixed(soups_record(d, with_policy), "soups", rec, {})
+    if (d / "out/schedules/schedules.json").is_file():
+        add_prefixed(schedules_record(d, params), "schedules", rec, {})

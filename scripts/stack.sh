@@ -158,6 +158,12 @@ cmd_gpu_workers() {  # N: stop the unit workers, start N (worker i: GPU i, one r
   # Each unit's CPU work (data, checkpoint I/O, CPU-side merges) gets its share of the cores: on
   # 4 × H200 / 64 cores, four units with 64 threads each ran 14–29% slower than one alone.
   threads="${LINES_UNIT_THREADS:-$(( $(nproc) / n > 0 ? $(nproc) / n : 1 ))}"
+  # Already exactly N live unit workers (`start` just made them): keep them.
+  local have=0
+  for f in "$STATE"/gpu-worker-*.pid; do [[ -e "$f" ]] && alive "$(basename "$f" .pid)" && have=$((have + 1)); done
+  if [[ "$have" -eq "$n" ]] && alive "gpu-worker-$((n - 1))"; then
+    log "$n unit workers already running"; return 0
+  fi
   for f in "$STATE"/gpu-worker-*.pid; do [[ -e "$f" ]] && stop_group "$(basename "$f" .pid)" INT 5; done
   for i in $(seq 0 $((n - 1))); do
     CUDA_VISIBLE_DEVICES=$i OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads \

@@ -245,7 +245,12 @@ def test_clip_benchmark_flow_end_to_end(
         prep["finetuned"]["MNIST"]["sha256"],
         prep["finetuned"]["SVHN"]["sha256"],
     }
-    assert any(c.data.params.get("stage") == "wiseft" for c in children)
+    wiseft_points = [c for c in children if c.data.params.get("stage") == "wiseft"]
+    assert wiseft_points  # each tagged with the interpolated model and its checkpoint hash
+    assert {c.data.params["model"] for c in wiseft_points} == {wiseft["model"]}
+    assert {c.data.params["sha256.finetuned"] for c in wiseft_points} == {
+        prep["finetuned"][wiseft["model"]]["sha256"]
+    }
     assert any(c.data.params.get("stage") == "soups" for c in children)
     assert (
         me["edit/average_at_best.test_target_norm"] == edit["average_at_best"]["test_target_norm"]

@@ -7,7 +7,8 @@
 # Fanned out: the per-task fine-tuning (4 units) and then the merge sweep (one unit per method);
 # each phase's wall time is in the MLflow run (fan_out.phase<i>.wall_s) and in OUT/summary.json.
 #
-#   bash benchmarks/gpu_stack/run.sh OUT [CONFIGS]        (GPU machine; STASH=… see setup.sh)
+#   STASH=DIR bash benchmarks/gpu_stack/run.sh OUT [CONFIGS]   (GPU machine; DIR: the wheels of
+#     benchmarks/gpu_stack/wheels.py plus what benchmarks/llm_gpu/setup.sh installs)
 #   DEPLOYMENT=llm-benchmark/smoke PARAMS='{}' STAGES='["finetune","merge"]' \
 #     bash benchmarks/gpu_stack/run.sh /tmp/out "1 2"     (the same on CPU with the smoke profile)
 set -u
@@ -16,7 +17,10 @@ ROOT=$PWD
 DEPLOYMENT=${DEPLOYMENT:-llm-benchmark/smollm2}
 STAGES=${STAGES:-'["finetune", "merge"]'}
 METHODS=${METHODS:-'["task_arithmetic", "tsv_m", "iso_c", "iso_cts", "cart", "wudi", "breadcrumbs", "della"]'}
-if [ -n "${STASH:-}" ]; then DATA=$OUT/data; . benchmarks/gpu_stack/setup.sh || exit 1; fi
+if [ -n "${STASH:-}" ]; then  # no registry: the LLM suite's setup installs every carried wheel
+  DATA=$OUT/data; . benchmarks/llm_gpu/setup.sh || exit 1
+  python3 -c "import prefect, dvc, mlflow; print('stack: prefect', prefect.__version__, '| dvc', dvc.__version__, '| mlflow', mlflow.__version__)" || exit 1
+fi
 GRID='[0.4, 0.8, 1.2, 2.0]'; TGRID='[0.6, 1.2, 2.0, 3.0]'
 PARAMS=${PARAMS:-"{\"common.max_val\": 200, \"common.max_test\": 400, \"merge.ties_lambdas\": $TGRID, \"merge.ties_betas\": $TGRID}"}
 export LINES_MLFLOW=store LINES_GPU_WORKERS=${CONFIGS%% *} LINES_PYTHON=${LINES_PYTHON:-$(command -v python3)}

