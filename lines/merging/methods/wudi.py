@@ -19,12 +19,12 @@ class Wudi(MergeMethod):
     vector's own row space sees; other tensors are averaged. As FusionBench's ``wudi_merging``
     (its default of 400 iterations; a task whose matrix is unchanged contributes nothing, where
     FusionBench's division by ‖τ_i‖² = 0 makes the merge NaN). Every 2-D tensor is a weight
-    matrix here, as in FusionBench (embedding tables included); for tall ones the loss is computed
-    through column Gram matrices (:func:`interference`), the same value at a fraction of the
-    memory. The loss is quadratic in τ_m, so its gradient is 2(τ_m·G − B) with G = Σ_i τ_iᵀτ_i/‖τ_i‖²
-    and B = Σ_i τ_i·τ_iᵀτ_i/‖τ_i‖², both formed once (:func:`quadratic_form`): each Adam step is one
-    (rows × cols)·(cols × cols) product instead of N autograd passes, the same steps up to rounding.
-    Runs on the merge device when the suite has a GPU."""
+    matrix here, as in FusionBench (embedding tables included). The loss (:func:`interference`) is
+    quadratic in τ_m, so its gradient is 2(τ_m·G − B) with G = Σ_i τ_iᵀτ_i/‖τ_i‖² and
+    B = Σ_i τ_i·τ_iᵀτ_i/‖τ_i‖², both formed once (:func:`quadratic_form`): each Adam step is one
+    (rows × cols)·(cols × cols) product instead of N autograd passes, the same steps up to
+    rounding, and no (rows × rows) product is ever formed (30,522² per task for BERT's word
+    embeddings). Runs on the merge device when the suite has a GPU."""
 
     name: ClassVar[str] = "wudi"
     summary: ClassVar[str] = "data-free per-matrix optimisation of the merged task vector"
@@ -66,29 +66,16 @@ def quadratic_form(tvs: torch.Tensor, l2: torch.Tensor) -> tuple[torch.Tensor, t
     return grams.sum(0), torch.matmul(tvs, grams).sum(0)
 
 
-def tall(tvs: torch.Tensor) -> bool:
-    """More rows than columns (an embedding table, a vocabulary head): the (rows × rows) product
-    of the loss would dwarf the matrix (30,522² per task for BERT's word embeddings)."""
-    return tvs.shape[1] > tvs.shape[2]
-
-
 def gram_of(tvs: torch.Tensor) -> torch.Tensor:
     """τ_iᵀ τ_i per task, (N, cols, cols)."""
     return torch.matmul(tvs.transpose(1, 2), tvs)
 
 
-def interference(
-    merged: torch.Tensor, tvs: torch.Tensor, l2: torch.Tensor, gram: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Σ_i ‖(τ_m − τ_i)·τ_iᵀ‖²_F / ‖τ_i‖²_F (WUDI's loss). With ``gram`` (τ_iᵀτ_i) the same value
-    through ‖ABᵀ‖²_F = tr(AᵀA·BᵀB) = Σ (AᵀA ∘ BᵀB): (cols × cols) products instead of
-    (rows × rows), for tall matrices; equal up to rounding."""
-    diff = merged.unsqueeze(0) - tvs
-    if gram is None:
-        product = torch.matmul(diff, tvs.transpose(1, 2))
-        return torch.sum(torch.square(product) / l2.unsqueeze(-1).unsqueeze(-1))
-    per_task = torch.sum(torch.matmul(diff.transpose(1, 2), diff) * gram, dim=(1, 2))
-    return torch.sum(per_task / l2)
+def interference(merged: torch.Tensor, tvs: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
+    """Σ_i ‖(τ_m − τ_i)·τ_iᵀ‖²_F / ‖τ_i‖²_F, WUDI's loss (what :class:`Wudi` minimises through its
+    gradient; kept as the definition the tests check the gradient against)."""
+    product = torch.matmul(merged.unsqueeze(0) - tvs, tvs.transpose(1, 2))
+    return torch.sum(torch.square(product) / l2.unsqueeze(-1).unsqueeze(-1))
 
 
 METHOD = Wudi
