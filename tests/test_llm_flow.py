@@ -108,3 +108,34 @@ def test_llm_benchmark_flow_end_to_end(
         check=True,
     ).stdout
     assert "t-llm" in shown
+
+    # A merging-only report (no edit stage, `--edit none`): the same merge intervals as the full
+    # report, and an editing section that says it did not run.
+    from lines.llm import stages
+
+    full = json.loads((out / "report/metrics.json").read_text())
+    only = tmp_path / "report-merge-only"
+    stages.run(
+        stages.build_parser().parse_args(
+            [
+                "report",
+                "--base",
+                str(ws / "llm/ckpt/base"),
+                "--base_eval",
+                str(out / "eval/base.json"),
+                "--edit",
+                "none",
+                "--merge",
+                str(out / "merge"),
+                "--bootstrap",
+                "200",
+                "--out",
+                str(only),
+            ]
+        )
+    )
+    mo = json.loads((only / "metrics.json").read_text())
+    assert mo["edit"] == {} and "edit_intervals" not in mo
+    assert mo["merge_intervals"] == full["merge_intervals"]
+    assert "(Not run: this run had no edit stage.)" in (only / "report.md").read_text()
+    assert not (only / "fig2_target_control.png").exists()
