@@ -9,6 +9,7 @@
 #
 #   STASH=DIR bash benchmarks/gpu_stack/run.sh OUT [CONFIGS]   (GPU machine; DIR: the wheels of
 #     benchmarks/gpu_stack/wheels.py plus what benchmarks/llm_gpu/setup.sh installs)
+#   METHODS='["ties", …]' GRID='[0.8, 1.6]' TGRID=… MAX_VAL=100 MAX_TEST=200 …   (a smaller sweep)
 #   DEPLOYMENT=llm-benchmark/smoke PARAMS='{}' STAGES='["finetune","merge"]' \
 #     bash benchmarks/gpu_stack/run.sh /tmp/out "1 2"     (the same on CPU with the smoke profile)
 set -u
@@ -21,8 +22,9 @@ if [ -n "${STASH:-}" ]; then  # no registry: the LLM suite's setup installs ever
   DATA=$OUT/data; . benchmarks/llm_gpu/setup.sh || exit 1
   python3 -c "import prefect, dvc, mlflow; print('stack: prefect', prefect.__version__, '| dvc', dvc.__version__, '| mlflow', mlflow.__version__)" || exit 1
 fi
-GRID='[0.4, 0.8, 1.2, 2.0]'; TGRID='[0.6, 1.2, 2.0, 3.0]'
-PARAMS=${PARAMS:-"{\"common.max_val\": 200, \"common.max_test\": 400, \"merge.ties_lambdas\": $TGRID, \"merge.ties_betas\": $TGRID}"}
+GRID=${GRID:-'[0.4, 0.8, 1.2, 2.0]'}; TGRID=${TGRID:-'[0.6, 1.2, 2.0, 3.0]'}
+MAX_VAL=${MAX_VAL:-200}; MAX_TEST=${MAX_TEST:-400}
+PARAMS=${PARAMS:-"{\"common.max_val\": $MAX_VAL, \"common.max_test\": $MAX_TEST, \"merge.ties_lambdas\": $TGRID, \"merge.ties_betas\": $TGRID}"}
 export LINES_MLFLOW=store LINES_GPU_WORKERS=${CONFIGS%% *} LINES_PYTHON=${LINES_PYTHON:-$(command -v python3)}
 export PREFECT_WORKER_QUERY_SECONDS=1
 mkdir -p "$OUT/logs"
