@@ -50,6 +50,10 @@ class ClipCommon(_Section):
     device: Device = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     batch_size: PositiveInt = 256
+    fast_eval: Literal["auto", "true", "false"] = "auto"
+    compile: Literal[
+        "auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = "auto"
     num_workers: NonNegativeInt = 4
     heads: NonNegativeInt = 0
     text_heads: NonNegativeInt = 0

@@ -285,6 +285,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32, bf16, fp16")
     p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument(
+        "--fast_eval",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="resident images, low-precision compiled tower (lines.clip.fast); auto: on CUDA",
+    )
+    p.add_argument(
+        "--compile",
+        default="auto",
+        help="torch.compile mode of the fast evaluator: auto, off, default, max-autotune, ...",
+    )
     p.add_argument("--num_workers", type=int, default=4, help="decoding workers (first use)")
     p.add_argument(
         "--heads", type=int, default=0, help="attention heads, image tower (0: width/64)"

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lines.clip.fast import compile_mode_for, fast_eval_enabled
 from lines.clip.prepare import Checkpoints, text_model_id
 from lines.engine import resolve_device
 from lines.errors import LinesError
@@ -72,6 +73,11 @@ class Bench:
         self.images = 0
         self._visual: nn.Module | None = None
         self._cached: dict[tuple[str, str], Any] = {}
+        # Sweeps on a GPU evaluate through a resident, low-precision, compiled copy of the tower
+        # (lines.clip.fast, issue 13); the fp32 encoder stays for the learned baselines' grads.
+        self.fast_eval = fast_eval_enabled(getattr(a, "fast_eval", "auto"), self.dev)
+        self.compile_mode = compile_mode_for(getattr(a, "compile", "auto"), self.dev)
+        self._fast: Any = None
 
     def close(self) -> None:
         self.wb.close()
@@ -192,6 +198,8 @@ class Bench:
         if sd is not None:
             self.load(sd)
         self.calls += 1
+        if self.fast_eval:
+            return self._fast_accuracy(split, tasks)
         out = {}
         for t in tasks:
             s = self.split(t, split)
@@ -213,6 +221,35 @@ class Bench:
             self.images += r.total
             out[t] = r.top1
         return out
+
+    def fast(self) -> Any:
+        """The resident, low-precision, compiled evaluator (built on first use)."""
+        if self._fast is None:
+            from lines.clip.fast import FastTower, fast_dtype
+
+            self._fast = FastTower(
+                self.encoder,
+                self.preprocess,
+                self.dev,
+                dtype=fast_dtype(self.dev, self.a.precision),
+                batch_size=self.a.batch_size,
+                compile_mode=self.compile_mode,
+            )
+        return self._fast
+
+    def _fast_accuracy(self, split: str, tasks: Sequence[str]) -> dict[str, float]:
+        fast = self.fast()
+        fast.sync_from(self.encoder)  # in-place copies into the compiled module's parameters
+        items = [
+            ((t, split), self._images(t, split), self.head(t), self.split(t, split).head_columns())
+            for t in tasks
+        ]
+        t0 = time.perf_counter()
+        correct = fast.correct_many(items)
+        self.eval_seconds += time.perf_counter() - t0
+        self.images += sum(len(c) for c in correct)
+        # as the standard evaluator: correct / total
+        return {t: int(c.sum()) / len(c) for t, c in zip(tasks, correct, strict=True)}
 
     # -- the learned baselines' hooks (lines.protocol.learned.Differentiable) ----------------
     @property
