@@ -51,7 +51,9 @@ def _tower(seed=0):
     with torch.no_grad():
         for name, p in m.named_parameters():
             ln = name.endswith("weight") and p.ndim == 1  # layer norms: around 1
-            p.copy_((1.0 if ln else 0.0) + (0.1 if ln else 0.05) * torch.randn(p.shape, generator=g))
+            p.copy_(
+                (1.0 if ln else 0.0) + (0.1 if ln else 0.05) * torch.randn(p.shape, generator=g)
+            )
     return m.eval()
 
 
