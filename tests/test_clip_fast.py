@@ -116,7 +116,7 @@ def test_options():
     assert fast_eval_enabled("auto", CPU) is False and fast_eval_enabled("auto", cuda) is True
     assert fast_eval_enabled("true", CPU) is True and fast_eval_enabled("false", cuda) is False
     assert compile_mode_for("auto", CPU) == "off"
-    assert compile_mode_for("auto", cuda) == "max-autotune-no-cudagraphs"
+    assert compile_mode_for("auto", cuda) == "default"
     assert compile_mode_for("default", CPU) == "default"
     assert fast_dtype(CPU, "auto") == torch.float32 and fast_dtype(CPU, "bf16") == torch.bfloat16
     assert fast_dtype(CPU, "fp16") == torch.float16

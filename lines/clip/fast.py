@@ -38,8 +38,9 @@ from lines.clip.evaluate import CachedSplit, Preprocess, _project
 from lines.errors import LinesError
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# What ``compile: auto`` means on CUDA (chosen by benchmarks/bench_clip_eval.py: see its results).
-AUTO_COMPILE = "max-autotune-no-cudagraphs"
+# What ``compile: auto`` means on CUDA: on an H100, "default" compiled in 22 s and ran the ViT-B/32
+# sweep at 30.7k images/s, max-autotune-no-cudagraphs took 85 s for 29.9k (results/clip_sweep_h100.md).
+AUTO_COMPILE = "default"
 
 
 class _Normalised(nn.Module):
