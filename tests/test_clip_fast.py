@@ -207,3 +207,23 @@ def test_several_splits_run_as_one_stream_of_whole_batches(mnist, tmp_path):
     out = mixed.correct_many([("a", cached, head, None), ("b", cached, head, None)])
     assert mixed._splits["b"][0] is None  # over the budget: streamed
     assert [torch.equal(c, alone) for c in out] == [True, True]
+
+
+def test_a_failing_compiler_falls_back_to_eager(mnist, monkeypatch):
+    """No usable compiler (simulated): one warning, then the eager tower's exact results."""
+    split, pre, cached = mnist
+    enc, head = _tower(), _head()
+
+    def broken(module, **kw):
+        def fail(x):
+            raise RuntimeError("no C compiler found\nmore detail")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    fast = FastTower(enc, pre, CPU, dtype=torch.float32, batch_size=16, compile_mode="default")
+    with pytest.warns(UserWarning, match=r"torch.compile \(default\) failed.*no C compiler found$"):
+        c = fast.correct("k", cached, head)
+    assert fast.compile_mode == "off (compile failed)" and fast.forward is fast.module
+    eager = FastTower(enc, pre, CPU, dtype=torch.float32, batch_size=16).correct("k", cached, head)
+    assert torch.equal(c, eager)

@@ -27,6 +27,7 @@ are the same; tests/test_clip_fast.py).
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -128,13 +129,34 @@ class FastTower:
         self.forward = (
             self.module
             if compile_mode == "off"
-            else torch.compile(self.module, mode=compile_mode, dynamic=False)
+            else self._compiled(torch.compile(self.module, mode=compile_mode, dynamic=False))
         )
         self.budget_bytes = budget_bytes
         self.resident_bytes = 0
         self._splits: dict[Any, tuple[torch.Tensor | None, torch.Tensor]] = {}
         self._pinned: list[torch.Tensor] = []
         self._events: list[torch.cuda.Event | None] = [None, None]
+
+    def _compiled(self, compiled: Any) -> Any:
+        """The compiled forward; if compiling fails (no C compiler or Triton for this device,
+        an unsupported op), a warning and the eager module instead: slower, same results."""
+
+        def first(x: torch.Tensor) -> torch.Tensor:
+            try:
+                y = compiled(x)
+            except Exception as e:  # noqa: BLE001 - any compiler failure: fall back
+                warnings.warn(
+                    f"torch.compile ({self.compile_mode}) failed, evaluating eagerly: "
+                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                    stacklevel=2,
+                )
+                self.compile_mode = "off (compile failed)"
+                self.forward = self.module
+                return self.module(x)
+            self.forward = compiled
+            return y
+
+        return first
 
     # -- weights -------------------------------------------------------------------------
     @torch.no_grad()
