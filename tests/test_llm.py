@@ -20,6 +20,7 @@ from lines.llm import stages
 from lines.llm.assets import SMOLLM2_GGUF, locate_gguf
 from lines.llm.fetch import fetch
 from lines.llm.finetune import IGNORE, answer_labels, collate
+from lines.llm.scoring import collate as collate_requests
 from lines.llm.scoring import encode, loglikelihoods, normalisers, rank_classify
 from lines.llm.tiny import tiny_tokenizer
 from lines.protocol.results import read_json
@@ -76,6 +77,27 @@ def test_loglikelihood_hand_computed(tok) -> None:
     for bs in (1, 2, 8):  # padding and batching must not change a value
         got = loglikelihoods(m, reqs, pad_id=tok.pad_token_id, batch_size=bs)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_collated_batches_give_the_same_values(tok) -> None:
+    """Requests laid out once (``collate``, what the evaluator keeps per split) score exactly as
+    the same requests passed as a list, at every point of a sweep."""
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(len(tok), len(tok), generator=g) * 3
+    m = bigram_llama(tok, table)
+    reqs = [encode(tok, c, o) for c in ("is it", "no", "it is so") for o in ("yes", "maybe so")]
+    col = collate_requests(m, reqs, pad_id=tok.pad_token_id, batch_size=4)
+    assert col.n == 6 and [len(b) for b in col.order] == [4, 2]
+    assert sorted(i for b in col.order for i in b) == list(range(6))
+    want = loglikelihoods(m, reqs, pad_id=tok.pad_token_id, batch_size=4)
+    assert torch.equal(loglikelihoods(m, col), want)
+    with torch.no_grad():  # new weights, same layout: the values follow the weights
+        for p in m.parameters():
+            p.mul_(0.5)
+    assert torch.equal(
+        loglikelihoods(m, col), loglikelihoods(m, reqs, pad_id=tok.pad_token_id, batch_size=4)
+    )
+    assert not torch.equal(loglikelihoods(m, col), want)
 
 
 def test_rank_classification_norms(tok) -> None:

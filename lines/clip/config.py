@@ -51,9 +51,8 @@ class ClipCommon(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     batch_size: PositiveInt = 256
     fast_eval: Literal["auto", "true", "false"] = "auto"
-    compile: Literal[
-        "auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
-    ] = "auto"
+    fast_eval_budget_gb: NonNegativeFloat = 0.0
+    compile: Literal["auto", "off", "default", "max-autotune-no-cudagraphs"] = "auto"
     num_workers: NonNegativeInt = 4
     heads: NonNegativeInt = 0
     text_heads: NonNegativeInt = 0
@@ -65,6 +64,15 @@ class ClipCommon(_Section):
     max_val: NonNegativeInt = 0
     max_test: NonNegativeInt = 0
     seed: int = 0
+
+    @field_validator("fast_eval", mode="before")
+    @classmethod
+    def _fast_eval(cls, v: object) -> object:
+        if isinstance(v, bool):  # DVC would pass `--fast_eval` alone, or nothing for false
+            raise ValueError(
+                f"write it quoted, '{str(v).lower()}': a YAML boolean reaches the stage as a bare flag"
+            )
+        return v
 
     @field_validator("tasks")
     @classmethod

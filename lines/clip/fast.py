@@ -38,7 +38,9 @@ from torch import nn
 from lines.clip.evaluate import CachedSplit, Preprocess, _project
 from lines.errors import LinesError
 
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# No CUDA-graph modes ("reduce-overhead", "max-autotune"): a graphed call frees the previous
+# call's outputs, and an evaluation keeps every batch's features until the end.
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs")
 # What ``compile: auto`` means on CUDA: on an H100, "default" compiled in 22 s and ran the ViT-B/32
 # sweep at 30.7k images/s, max-autotune-no-cudagraphs took 85 s for 29.9k (results/clip_sweep_h100.md).
 AUTO_COMPILE = "default"
@@ -231,13 +233,16 @@ class FastTower:
             if ev is not None:
                 ev.synchronize()  # that buffer's last copy to the device has finished
             m = min(b, n - i)
-            buf[:m].copy_(torch.from_numpy(np.array(cached.images[i : i + m])))
+            with warnings.catch_warnings():  # read-only memory map: copied out at once
+                warnings.simplefilter("ignore", UserWarning)
+                buf[:m].copy_(torch.from_numpy(cached.images[i : i + m]))
             if m < b:
                 buf[m:].zero_()
             x = buf.to(self.device, non_blocking=True)
-            if pin:
-                self._events[j % 2] = torch.cuda.Event()
-                self._events[j % 2].record()
+            if pin:  # on the stream of the tower's device (cuda:N), where the copy was queued
+                ev = torch.cuda.Event()
+                ev.record(torch.cuda.current_stream(self.device))
+                self._events[j % 2] = ev
             yield x, m
 
     def _features(self, batches: Iterator[tuple[torch.Tensor, int]]) -> torch.Tensor:
@@ -279,6 +284,12 @@ class FastTower:
     ) -> torch.Tensor:
         """:meth:`correct_many` of one split."""
         return self.correct_many([(key, cached, head, columns)])[0]
+
+    def release(self) -> None:
+        """Free the resident images (the device memory they hold)."""
+        self._splits.clear()
+        self.resident_bytes = 0
+        self._pinned = []
 
     def bare_forward(self, x: torch.Tensor, iters: int = 10) -> float:
         """Images per second of the forward alone on a batch already on the device (the

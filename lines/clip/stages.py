@@ -251,6 +251,10 @@ def run_learned(
     from lines.protocol.baselines import run_baselines
 
     tasks = resolve_tasks(a.suite, a.tasks)
+    # One evaluator for every row: the output ensembles score through ``Bench.logits`` (the fp32
+    # tower), and the paired intervals and the memory costs compare rows, so the merges are
+    # evaluated the same way here (no resident images or bf16 copy in the costs either).
+    a.fast_eval = "false"
     cfg = vars(a)
     with Bench(a, ckpt, heads) as b:
         fts = {t: b.ck.for_task(t) for t in tasks}
@@ -287,14 +291,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument(
         "--fast_eval",
+        nargs="?",
+        const="true",  # a bare flag (a YAML boolean true under DVC's unpacking) means true
         default="auto",
         choices=["auto", "true", "false"],
         help="resident images, low-precision compiled tower (lines.clip.fast); auto: on CUDA",
     )
     p.add_argument(
+        "--fast_eval_budget_gb",
+        type=float,
+        default=0.0,
+        help="device memory the resident images may take (0: half of what is free)",
+    )
+    p.add_argument(
         "--compile",
         default="auto",
-        help="torch.compile mode of the fast evaluator: auto, off, default, max-autotune, ...",
+        choices=["auto", "off", "default", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode of the fast evaluator (auto: default on CUDA, off on CPU)",
     )
     p.add_argument("--num_workers", type=int, default=4, help="decoding workers (first use)")
     p.add_argument(

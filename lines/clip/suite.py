@@ -80,6 +80,8 @@ class Bench:
         self._fast: Any = None
 
     def close(self) -> None:
+        if self._fast is not None:
+            self._fast.release()
         self.wb.close()
 
     def __enter__(self) -> Bench:
@@ -227,6 +229,7 @@ class Bench:
         if self._fast is None:
             from lines.clip.fast import FastTower, fast_dtype
 
+            budget = float(getattr(self.a, "fast_eval_budget_gb", 0) or 0)
             self._fast = FastTower(
                 self.encoder,
                 self.preprocess,
@@ -234,10 +237,22 @@ class Bench:
                 dtype=fast_dtype(self.dev, self.a.precision),
                 batch_size=self.a.batch_size,
                 compile_mode=self.compile_mode,
+                budget_bytes=int(budget * 1e9) if budget > 0 else None,
             )
         return self._fast
 
     def _fast_accuracy(self, split: str, tasks: Sequence[str]) -> dict[str, float]:
+        if not tasks:
+            return {}
+        for t in tasks:  # the standard evaluator's checks
+            s = self.split(t, split)
+            if s.head_columns() is None and self.head(t).num_classes != s.task.num_classes:
+                raise LinesError(
+                    f"head for {self.head(t).task} has {self.head(t).num_classes} classes, "
+                    f"{t} has {s.task.num_classes}"
+                )
+            if len(s) == 0:
+                raise LinesError(f"{t}/{split}: no images to evaluate")
         fast = self.fast()
         fast.sync_from(self.encoder)  # in-place copies into the compiled module's parameters
         items = [

@@ -20,10 +20,12 @@ from lines.errors import LinesError
 from lines.llm.model import assign_weights, load_folder
 from lines.llm.prompts import TaskPrompt, render, task_prompt
 from lines.llm.scoring import (
+    Collated,
     Norm,
     Request,
     autocast,
     choose_norm,
+    collate,
     encode,
     loglikelihoods,
     logprob_batch,
@@ -90,6 +92,7 @@ class LLMEvaluator(AccuracyFromCorrect):
         self.max_chars, self.norm, self.seed = max_chars, norm, seed
         self._prepared: dict[tuple[str, str], tuple[list[Request], list[float], torch.Tensor]] = {}
         self._conts: dict[tuple[str, str], list[list[int]]] = {}
+        self._collated: dict[tuple[str, str], Collated] = {}
         # norm "auto": per task, the normalisation under which θ_0 (the weights loaded now) is
         # most accurate on val — a choice made once, on val, then fixed for every model.
         self.norms: dict[str, Norm] = {}
@@ -128,6 +131,7 @@ class LLMEvaluator(AccuracyFromCorrect):
         best, accs = choose_norm(ll, options, self._conts[(task, "val")], labels)
         self.norms[task], self.norm_choice[task] = best, accs
         self._prepared.pop((task, "val"))  # rebuilt with the chosen normalisers
+        self._collated.pop((task, "val"), None)
 
     def num_examples(self, task: str, split: str) -> int:
         return len(self._split(task, split)[2])
@@ -142,13 +146,11 @@ class LLMEvaluator(AccuracyFromCorrect):
         if state_dict is not None:
             self.load(state_dict)
         reqs, denom, _ = self._split(task, split)
-        ll = loglikelihoods(
-            self.model,
-            reqs,
-            pad_id=int(self.tokenizer.pad_token_id),
-            batch_size=self.batch_size,
-            precision=self.precision,
-        )
+        key = (task, split)
+        if key not in self._collated:  # laid out once per process: points only run forwards
+            pad = int(self.tokenizer.pad_token_id)
+            self._collated[key] = collate(self.model, reqs, pad_id=pad, batch_size=self.batch_size)
+        ll = loglikelihoods(self.model, self._collated[key], precision=self.precision)
         return ll.view(-1, len(denom))
 
     # -- the learned baselines' hooks (lines.protocol.learned.Differentiable) ----------------

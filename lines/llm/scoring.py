@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -41,44 +42,27 @@ def autocast(device: torch.device, precision: str) -> Any:
     return nullcontext()
 
 
-def _logprob_batch_seq2seq(
-    model: Any, reqs: Sequence[Request], pad_id: int, on_device: bool = False
-) -> torch.Tensor:
-    """Encoder–decoder (T5): the context is the encoder's input, the continuation the decoder's
-    target (teacher-forced from the decoder start token); summed log-probabilities."""
-    device = next(model.parameters()).device
-    S = max(len(c) for c, _ in reqs)
-    T = max(len(k) for _, k in reqs)
-    ids = torch.full((len(reqs), S), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(reqs), S), dtype=torch.long)
-    labels = torch.full((len(reqs), T), -100, dtype=torch.long)
-    for i, (ctx, cont) in enumerate(reqs):
-        ids[i, : len(ctx)] = torch.tensor(ctx)
-        mask[i, : len(ctx)] = 1
-        labels[i, : len(cont)] = torch.tensor(cont)
-    labels = labels.to(device)
-    # transformers shifts the labels right (decoder_start_token_id, padding for -100) itself.
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels).logits
-    logp = logits.float().log_softmax(-1)
-    tok = logp.gather(2, labels.clamp(min=0)[:, :, None])[:, :, 0]
-    out = (tok * (labels >= 0)).sum(1).double()
-    return out if on_device else out.cpu()
-
-
-def logprob_batch(
-    model: Any, reqs: Sequence[Request], pad_id: int, on_device: bool = False
-) -> torch.Tensor:
-    """Summed log p(continuation | context) of each request, in one padded forward pass (float64;
-    on the CPU, or left on the model's device with its graph when ``on_device``)."""
+def layout(model: Any, reqs: Sequence[Request], pad_id: int) -> dict[str, torch.Tensor]:
+    """One padded batch of ``reqs`` as CPU tensors: what :func:`score_layout` feeds the model.
+    Decoder-only: ``ids``/``mask`` (every token but the last, which predicts nothing), and per
+    continuation token its ``rows``/``cols`` (the position predicting it), ``targets`` and
+    ``owner`` (its request). Encoder–decoder: encoder ``ids``/``mask`` and decoder ``labels``."""
     if getattr(model.config, "is_encoder_decoder", False):
-        return _logprob_batch_seq2seq(model, reqs, pad_id, on_device)
-    device = next(model.parameters()).device
+        S = max(len(c) for c, _ in reqs)
+        T = max(len(k) for _, k in reqs)
+        ids = torch.full((len(reqs), S), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(reqs), S), dtype=torch.long)
+        labels = torch.full((len(reqs), T), -100, dtype=torch.long)
+        for i, (ctx, cont) in enumerate(reqs):
+            ids[i, : len(ctx)] = torch.tensor(ctx)
+            mask[i, : len(ctx)] = 1
+            labels[i, : len(cont)] = torch.tensor(cont)
+        return {"ids": ids, "mask": mask, "labels": labels}
     seqs = [c + k for c, k in reqs]
-    # The last token is never an input: nothing after it is scored.
     T = max(len(s) for s in seqs) - 1
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    rows, cols, targets, owner = [], [], [], []
+    rows, cols, targets = [], [], []
     for i, ((ctx, cont), s) in enumerate(zip(reqs, seqs, strict=True)):
         n = len(s) - 1
         ids[i, :n] = torch.tensor(s[:-1])
@@ -88,36 +72,95 @@ def logprob_batch(
             rows.append(i)
             cols.append(len(ctx) - 1 + j)
             targets.append(tok)
-            owner.append(i)
+    return {
+        "ids": ids,
+        "mask": mask,
+        "rows": torch.tensor(rows),
+        "cols": torch.tensor(cols),
+        "targets": torch.tensor(targets),
+        "owner": torch.tensor(rows),  # each scored token belongs to its row's request
+    }
+
+
+def score_layout(model: Any, lay: dict[str, torch.Tensor], on_device: bool = False) -> torch.Tensor:
+    """Summed log p(continuation | context) per request of one :func:`layout` (its tensors on the
+    model's device, or moved there), float64; on the CPU unless ``on_device``."""
+    device = next(model.parameters()).device
+    t = {k: v.to(device, non_blocking=True) for k, v in lay.items()}
+    if "labels" in t:  # encoder–decoder: teacher-forced from the decoder start token
+        # transformers shifts the labels right (decoder_start_token_id, padding for -100) itself.
+        logits = model(input_ids=t["ids"], attention_mask=t["mask"], labels=t["labels"]).logits
+        logp = logits.float().log_softmax(-1)
+        tok = logp.gather(2, t["labels"].clamp(min=0)[:, :, None])[:, :, 0]
+        out = (tok * (t["labels"] >= 0)).sum(1).double()
+        return out if on_device else out.cpu()
     base = getattr(model, model.base_model_prefix)
-    hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    hidden = base(input_ids=t["ids"], attention_mask=t["mask"]).last_hidden_state
     # The head only where a continuation token is predicted: full-vocabulary logits for every
     # position would cost batch × length × vocab floats (49k vocab for SmolLM2).
-    h = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+    h = hidden[t["rows"], t["cols"]]
     logp = model.get_output_embeddings()(h).float().log_softmax(-1)
-    tok_lp = logp.gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
-    out = torch.zeros(len(seqs), dtype=torch.float64, device=device)
-    out = out.index_add(0, torch.tensor(owner, device=device), tok_lp.double())
+    tok_lp = logp.gather(1, t["targets"][:, None])[:, 0]
+    out = torch.zeros(len(t["ids"]), dtype=torch.float64, device=device)
+    out = out.index_add(0, t["owner"], tok_lp.double())
     return out if on_device else out.cpu()
+
+
+def logprob_batch(
+    model: Any, reqs: Sequence[Request], pad_id: int, on_device: bool = False
+) -> torch.Tensor:
+    """Summed log p(continuation | context) of each request, in one padded forward pass (float64;
+    on the CPU, or left on the model's device with its graph when ``on_device``)."""
+    return score_layout(model, layout(model, reqs, pad_id), on_device)
+
+
+@dataclass
+class Collated:
+    """A list of requests laid out once as padded batches (longest first, so each batch pads
+    little), held on the model's device: a sweep that scores the same requests at every point
+    then runs forwards only, with no per-point collation in Python and no copies to the device.
+    ``batches[b]`` scores requests ``order[b]``."""
+
+    order: list[list[int]]
+    batches: list[dict[str, torch.Tensor]]
+    n: int
+
+
+def collate(model: Any, reqs: Sequence[Request], *, pad_id: int, batch_size: int = 32) -> Collated:
+    """:class:`Collated` batches of ``reqs`` on ``model``'s device."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(reqs)), key=lambda i: -(len(reqs[i][0]) + len(reqs[i][1])))
+    chunks = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
+    batches = [
+        {k: v.to(device) for k, v in layout(model, [reqs[i] for i in idx], pad_id).items()}
+        for idx in chunks
+    ]
+    return Collated(chunks, batches, len(reqs))
 
 
 def loglikelihoods(
     model: Any,
-    reqs: Sequence[Request],
+    reqs: Sequence[Request] | Collated,
     *,
-    pad_id: int,
+    pad_id: int = 0,
     batch_size: int = 32,
     precision: str = "auto",
 ) -> torch.Tensor:
     """Summed continuation log-likelihood of every request (float64, request order), batched
-    longest first so each batch pads little, under ``torch.inference_mode``."""
-    order = sorted(range(len(reqs)), key=lambda i: -(len(reqs[i][0]) + len(reqs[i][1])))
-    out = torch.empty(len(reqs), dtype=torch.float64)
+    longest first so each batch pads little, under ``torch.inference_mode``. ``reqs`` may be
+    :func:`collate`'s batches of them (then ``pad_id`` and ``batch_size`` were used there); the
+    results are the same. The per-batch results stay on the device until the end: one
+    synchronisation."""
+    col = reqs if isinstance(reqs, Collated) else None
     device = next(model.parameters()).device
     with torch.inference_mode(), autocast(device, precision):
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            out[idx] = logprob_batch(model, [reqs[i] for i in idx], pad_id)
+        if col is None:
+            col = collate(model, reqs, pad_id=pad_id, batch_size=batch_size)  # type: ignore[arg-type]
+        parts = [score_layout(model, lay, on_device=True) for lay in col.batches]
+    out = torch.empty(col.n, dtype=torch.float64)
+    if parts:
+        flat = torch.cat(parts).cpu()
+        out[torch.tensor([i for idx in col.order for i in idx])] = flat
     return out
 
 
