@@ -107,3 +107,31 @@ def test_refuses_weights_that_do_not_fit(tmp_path: Path) -> None:
     save_state_dict(folder / "model.safetensors", sd)
     with pytest.raises(LinesError, match=r"missing \['pooler.dense.bias'\]"):
         load_minibert(folder)
+
+
+def test_kept_batches_give_the_same_features(tmp_path: Path) -> None:
+    """The evaluator's batches made once per split (``collate_batches``) give exactly the
+    features of batches made at every call, in the split's order; over the memory budget they
+    are not kept."""
+    from lines.pipeline.backbones import TextBackbone, collate_batches, extract_features
+
+    bb = TextBackbone(tiny_bert(tmp_path / "bert"), max_len=16)
+    texts = [
+        "the movie",
+        "great",
+        "a much longer sentence about weather in paris",
+        "movies!",
+        "the weather was great",
+        "paris",
+        "a movie about paris",
+    ]
+    prepared = bb.prepare(texts)
+    assert len({len(x) for x in prepared}) > 2  # lengths differ: batches are length-sorted
+    want = extract_features(bb, prepared, 3)
+    batches = collate_batches(bb, prepared, 3)
+    assert batches is not None and [len(b.index) for b in batches] == [3, 3, 1]
+    assert torch.equal(extract_features(bb, prepared, 3, batches), want)
+    # the order of the split, not of the batches
+    one = torch.stack([extract_features(bb, bb.prepare([t]), 1)[0] for t in texts])
+    torch.testing.assert_close(want, one, atol=1e-5, rtol=0)
+    assert collate_batches(bb, prepared, 3, budget_bytes=10) is None

@@ -262,14 +262,37 @@ class Head(nn.Module):
 
 
 @torch.inference_mode()
-def extract_features(backbone: Backbone, prepared: Any, batch_size: int = 128) -> torch.Tensor:
-    """Pooled features of a whole split, in the split's order."""
+def extract_features(
+    backbone: Backbone, prepared: Any, batch_size: int = 128, batches: Sequence[Batch] | None = None
+) -> torch.Tensor:
+    """Pooled features of a whole split, in the split's order (on the CPU). ``batches``: the
+    split's batches made once (:func:`collate_batches`), so a sweep only runs forwards. The
+    features stay on the device until the end: one synchronisation."""
     backbone.model.eval()
     n = len(prepared) if not isinstance(prepared, torch.Tensor) else prepared.shape[0]
+    parts, index = [], []
+    for b in batches if batches is not None else backbone.batches(prepared, batch_size):
+        parts.append(backbone.features(b).float())
+        index.append(b.index)
     feats = torch.empty(n, backbone.feature_dim)
-    for b in backbone.batches(prepared, batch_size):
-        feats[b.index] = backbone.features(b).float().cpu()
+    if parts:
+        feats[torch.cat(index)] = torch.cat(parts).cpu()
     return feats
+
+
+def collate_batches(
+    backbone: Backbone, prepared: Any, batch_size: int, budget_bytes: int = 1 << 30
+) -> list[Batch] | None:
+    """The evaluation batches of a prepared split, made once (padded token ids, or resized and
+    normalised images, on the backbone's device); None when they would take more than
+    ``budget_bytes`` (then each evaluation makes them again)."""
+    out, size = [], 0
+    for b in backbone.batches(prepared, batch_size):
+        size += sum(t.numel() * t.element_size() for t in b.inputs.values())
+        if size > budget_bytes:
+            return None
+        out.append(b)
+    return out
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

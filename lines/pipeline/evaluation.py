@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-from lines.pipeline.backbones import Backbone, Head, extract_features, load_backbone
+from lines.pipeline.backbones import (
+    Backbone,
+    Batch,
+    Head,
+    collate_batches,
+    extract_features,
+    load_backbone,
+)
 from lines.pipeline.common import read_split
 from lines.pipeline.training import load_head
 from lines.protocol.suite import AccuracyFromCorrect
@@ -48,6 +55,7 @@ class Evaluator(AccuracyFromCorrect):
         self.heads: dict[str, Head] = {t: load_head(heads_dir, t) for t in self.tasks}
         self.batch_size = batch_size
         self._prepared: dict[tuple[str, str], tuple[Any, torch.Tensor]] = {}
+        self._batches: dict[tuple[str, str], list[Batch] | None] = {}
         self._fetch_dir, self._limits, self._seed = Path(fetch_dir), dict(limits), seed
 
     def _split(self, task: str, split: str) -> tuple[Any, torch.Tensor]:
@@ -82,7 +90,10 @@ class Evaluator(AccuracyFromCorrect):
 
     def correct_task(self, task: str, split: str) -> torch.Tensor:
         prepared, labels = self._split(task, split)
-        feats = extract_features(self.backbone, prepared, self.batch_size)
+        key = (task, split)
+        if key not in self._batches:  # padded and on the device once: points only run forwards
+            self._batches[key] = collate_batches(self.backbone, prepared, self.batch_size)
+        feats = extract_features(self.backbone, prepared, self.batch_size, self._batches[key])
         with torch.inference_mode():
             return self.heads[task](feats).argmax(1) == labels
 
