@@ -131,9 +131,12 @@ def random_tower(cfg: dict[str, int], seed: int) -> dict[str, Any]:
     return sd
 
 
-def write_checkpoints(work: Path, cfg: dict[str, int], tasks: list[str]) -> Path:
-    """ckpt/ as the prepare stage leaves it (pretrained, 8 fine-tuned, prepare.json) and
-    out/heads/ as the heads stage does (random heads), for ``lines.clip.stages.Bench``."""
+def write_checkpoints(
+    work: Path, cfg: dict[str, int], tasks: list[str], n_finetuned: int | None = None
+) -> Path:
+    """ckpt/ as the prepare stage leaves it (pretrained, a fine-tuned tower for each of the first
+    ``n_finetuned`` tasks (default: all), prepare.json) and heads/ as the heads stage does
+    (random heads for every task), for ``lines.clip.stages.Bench``."""
     import torch
 
     from lines.clip.datasets import get_task
@@ -148,7 +151,7 @@ def write_checkpoints(work: Path, cfg: dict[str, int], tasks: list[str]) -> Path
         "text": {"sha256": "synthetic", "model_id": "synthetic"},
         "finetuned": {},
     }
-    for i, t in enumerate(tasks):
+    for i, t in enumerate(tasks[:n_finetuned]):
         g = torch.Generator().manual_seed(100 + i)
         sd = {k: v + 0.002 * torch.randn(v.shape, generator=g) for k, v in base.items()}
         f = ck / "finetuned" / f"{t}.safetensors"

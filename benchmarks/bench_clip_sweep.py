@@ -36,58 +36,18 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_clip_eval import B32, SUITE8, TINY, random_tower, write_data  # noqa: E402
+from bench_clip_eval import (  # noqa: E402
+    B32,
+    SUITE8,
+    TINY,
+    _log,
+    _sync,
+    write_checkpoints,
+    write_data,
+)
 
 L14 = dict(width=1024, layers=24, heads=16, patch_size=14, image_size=224, output_dim=768)
 CONFIGS = {"ViT-B-32": B32, "ViT-L-14": L14, "tiny": TINY}
-
-
-def _log(*a: object) -> None:
-    print(*a, file=sys.stderr, flush=True)
-
-
-def _sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def write_checkpoints(work: Path, cfg: dict[str, int], n: int) -> Path:
-    """ckpt/ as the prepare stage leaves it (pretrained and ``n`` fine-tuned towers for the
-    first ``n`` tasks) and heads/ with random heads for all 8 tasks."""
-    import torch
-
-    from lines.clip.datasets import get_task
-    from lines.io import save_state_dict, sha256_file
-
-    ck = work / "ckpt"
-    (ck / "finetuned").mkdir(parents=True, exist_ok=True)
-    base = random_tower(cfg, 0)
-    save_state_dict(ck / "pretrained.safetensors", base)
-    index: dict[str, Any] = {
-        "pretrained": {"sha256": sha256_file(ck / "pretrained.safetensors")},
-        "text": {"sha256": "synthetic", "model_id": "synthetic"},
-        "finetuned": {},
-    }
-    for i, t in enumerate(SUITE8[:n]):
-        g = torch.Generator().manual_seed(100 + i)
-        sd = {k: v + 0.002 * torch.randn(v.shape, generator=g) for k, v in base.items()}
-        f = ck / "finetuned" / f"{t}.safetensors"
-        save_state_dict(f, sd)
-        index["finetuned"][t] = {"path": f"finetuned/{t}.safetensors", "sha256": sha256_file(f)}
-    (ck / "prepare.json").write_text(json.dumps(index))
-    heads = work / "heads"
-    heads.mkdir(exist_ok=True)
-    weights, info = {}, {}
-    for i, t in enumerate(SUITE8):
-        c = get_task(t).num_classes
-        w = torch.randn(c, cfg["output_dim"], generator=torch.Generator().manual_seed(i))
-        weights[t] = (100 * w / w.norm(dim=-1, keepdim=True)).contiguous()
-        info[t] = {"key": "synthetic", "num_classes": c}
-    save_state_dict(heads / "heads.safetensors", weights)
-    (heads / "heads.json").write_text(json.dumps({"model_id": "synthetic", "tasks": info}))
-    return ck
 
 
 def _ns(a: argparse.Namespace, work: Path, cfg: dict[str, int], **over: Any) -> argparse.Namespace:
@@ -129,7 +89,7 @@ def sweep(b: Any, tau: Any, betas: list[float]) -> tuple[list[dict[str, Any]], f
     for beta in betas:
         acc = b.accuracy(b.theta(tau, lines_lambdas(b.L, alpha, beta)), "test", list(SUITE8))
         points.append({"beta": beta, "accuracy": acc})
-    _sync()
+    _sync(b.dev)
     return points, time.perf_counter() - t0
 
 
@@ -146,7 +106,7 @@ def run_model(
     cfg = CONFIGS[model]
     work = Path(a.workdir) / model
     t0 = time.perf_counter()
-    ck = write_checkpoints(work, cfg, a.n_finetuned)
+    ck = write_checkpoints(work, cfg, list(SUITE8), a.n_finetuned)
     out["checkpoints_write_s"] = round(time.perf_counter() - t0, 2)
     fts = [ck / "finetuned" / f"{t}.safetensors" for t in SUITE8[: a.n_finetuned]]
     betas = [round(0.1 * i, 1) for i in range(1, 11)]
@@ -154,10 +114,10 @@ def run_model(
     # the standard evaluator (the cache was built by the first model's run)
     with S.Bench(_ns(a, work, cfg), ck, work / "heads") as b:
         b.accuracy(b.base, "test", list(SUITE8[:1]))  # warm-up (kernels, heads, cache)
-        _sync()
+        _sync(b.dev)
         t1 = time.perf_counter()
         tau, _ = b.task_vector("ta", fts, make_method("task_arithmetic"))
-        _sync()
+        _sync(b.dev)
         out["build_task_vector_s"] = round(time.perf_counter() - t1, 3)
         pts, dt = sweep(b, tau, betas[: a.standard_betas])
         out["standard"] = {
@@ -182,7 +142,7 @@ def run_model(
             tau, _ = b.task_vector("ta", fts, make_method("task_arithmetic"))
             t1 = time.perf_counter()
             b.accuracy(b.base, "test", list(SUITE8))  # resident images + compilation
-            _sync()
+            _sync(b.dev)
             first = time.perf_counter() - t1
             pts, dt = sweep(b, tau, betas)
             fast = b.fast()

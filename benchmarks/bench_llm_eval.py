@@ -32,6 +32,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from timing import best_of  # noqa: E402
 
 SMOLLM2_135M = dict(
     hidden_size=576,
@@ -55,11 +58,6 @@ TINY = dict(
 )
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def requests(n: int, k: int, vocab: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -73,18 +71,6 @@ def requests(n: int, k: int, vocab: int, seed: int = 0) -> list[tuple[list[int],
             )
             out.append((ctx.tolist(), cont.tolist()))
     return out
-
-
-def timed(fn, dev: torch.device, repeat: int) -> float:
-    fn()  # warm-up (kernels, allocator)
-    _sync(dev)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        _sync(dev)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,17 +126,17 @@ def main(argv: list[str] | None = None) -> int:
                 for b in col.batches:
                     base(input_ids=b["ids"], attention_mask=b["mask"])
 
-        t_call = timed(
+        t_call = best_of(
             lambda bs=bs: loglikelihoods(
                 model, reqs, pad_id=0, batch_size=bs, precision=a.precision
             ),
             dev,
             a.repeat,
         )
-        t_col = timed(
+        t_col = best_of(
             lambda col=col: loglikelihoods(model, col, precision=a.precision), dev, a.repeat
         )
-        t_bare = timed(bare, dev, a.repeat)
+        t_bare = best_of(bare, dev, a.repeat)
         run = {
             "batch_size": bs,
             "padded_tokens": padded,

@@ -34,6 +34,9 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from timing import best_of  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,10 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     tokens = sum(len(x) for t, s in splits for x in ev._split(t, s)[0])
     examples = sum(ev.num_examples(t, s) for t, s in splits)
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     def per_call() -> None:
         for t, s in splits:
             prepared, labels = ev._split(t, s)
@@ -91,20 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                 for b in ev._batches[key]:
                     ev.backbone.features(b)
 
-    def best(fn) -> float:
-        fn()
-        sync()
-        times = []
-        for _ in range(a.repeat):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
     torch.set_grad_enabled(False)
-    t_call, t_kept = best(per_call), best(kept)
-    t_bare = best(bare)
+    t_call, t_kept = best_of(per_call, dev, a.repeat), best_of(kept, dev, a.repeat)
+    t_bare = best_of(bare, dev, a.repeat)
     res = {
         "machine": a.machine,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -244,21 +244,20 @@ class Bench:
     def _fast_accuracy(self, split: str, tasks: Sequence[str]) -> dict[str, float]:
         if not tasks:
             return {}
-        for t in tasks:  # the standard evaluator's checks
-            s = self.split(t, split)
-            if s.head_columns() is None and self.head(t).num_classes != s.task.num_classes:
+        items = []
+        for t in tasks:  # with the standard evaluator's checks
+            s, head = self.split(t, split), self.head(t)
+            columns = s.head_columns()
+            if columns is None and head.num_classes != s.task.num_classes:
                 raise LinesError(
-                    f"head for {self.head(t).task} has {self.head(t).num_classes} classes, "
+                    f"head for {head.task} has {head.num_classes} classes, "
                     f"{t} has {s.task.num_classes}"
                 )
             if len(s) == 0:
                 raise LinesError(f"{t}/{split}: no images to evaluate")
+            items.append(((t, split), self._images(t, split), head, columns))
         fast = self.fast()
         fast.sync_from(self.encoder)  # in-place copies into the compiled module's parameters
-        items = [
-            ((t, split), self._images(t, split), self.head(t), self.split(t, split).head_columns())
-            for t in tasks
-        ]
         t0 = time.perf_counter()
         correct = fast.correct_many(items)
         self.eval_seconds += time.perf_counter() - t0
