@@ -104,3 +104,27 @@ def hash_key(key: str) -> int:
     for c in key.encode():
         h = (h * 131 + c) % (1 << 61)
     return h
+
+
+def merge_once(
+    pre: Path, fts: list[Path], method: str, out: Path, device: str, resident: bool | None = None
+) -> None:
+    """One whole merge as the benchmarks time it: LiNeS β = 0.5 with automatic α, TIES at density
+    0.2, no input hashing, the output replaced; ``resident`` as ``merge_checkpoints``."""
+    from lines.engine import merge_checkpoints
+    from lines.merging import make_method
+    from lines.scaling import Scaling
+
+    m = make_method("ties", density=0.2) if method == "ties" else make_method(method)
+    merge_checkpoints(
+        pre,
+        fts,
+        m,
+        Scaling.lines(beta=0.5),
+        out,
+        device=device,
+        progress=False,
+        hash_inputs=False,
+        overwrite=True,
+        resident=resident,
+    )

@@ -29,34 +29,16 @@ def main() -> None:
     p.add_argument("--top", type=int, default=22)
     a = p.parse_args()
     import torch
-    from ckpts import ensure
+    from ckpts import ensure, merge_once
 
     import lines  # noqa: F401
-    from lines.engine import merge_checkpoints
-    from lines.merging import make_method
-    from lines.scaling import Scaling
 
     pre, fts = ensure(Path(a.data_dir), a.model, a.n, device=a.device)
     out = Path(a.data_dir) / "profile_out.safetensors"
 
     def once() -> float:
-        m = (
-            make_method("ties", density=0.2)
-            if a.method == "ties"
-            else make_method("task_arithmetic")
-        )
         t0 = time.perf_counter()
-        merge_checkpoints(
-            pre,
-            fts,
-            m,
-            Scaling.lines(beta=0.5),
-            out,
-            device=a.device,
-            progress=False,
-            hash_inputs=False,
-            overwrite=True,
-        )
+        merge_once(pre, fts, "ties" if a.method == "ties" else "task_arithmetic", out, a.device)
         if a.device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0

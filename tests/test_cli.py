@@ -917,3 +917,33 @@ def test_acceptance_loop_reduced(tmp_path) -> None:
     assert {row[1] for row in rows} == set(METHODS)
     assert all(row[4] == "0" for row in rows)
     assert not list(tmp_path.glob("out_*"))
+
+
+# ----------------------------------------------------------------------------------------------
+# --gpu-inputs: holding the inputs (here in RAM, as a GPU would in device memory) changes nothing
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_held_inputs_give_the_streamed_output(tmp_path, run_cli, method) -> None:
+    cs = write_family(tmp_path / "ckpt", n=3)
+    outs = {}
+    for mode in ("stream", "hold", "auto"):
+        out = tmp_path / f"{mode}.safetensors"
+        r = run_cli(merge_args(cs, out, method, "--lines-beta", "0.5", "--gpu-inputs", mode))
+        assert r.code == 0, r.err
+        outs[mode] = load_state_dict(out)
+    for k, v in outs["stream"].items():
+        assert torch.equal(v, outs["hold"][k]) and torch.equal(v, outs["auto"][k]), k
+
+
+def test_held_inputs_refuse_nan_and_write_nothing(tmp_path, run_cli) -> None:
+    cs = write_family(tmp_path / "ckpt", n=3)
+    sd = {k: v.clone() for k, v in cs.fts[1].items()}
+    sd[KEY].reshape(-1)[3] = float("nan")
+    save_state_dict(cs.finetuned[1], sd)
+    before = snapshot(tmp_path)
+    r = run_cli(merge_args(cs, tmp_path / "out.safetensors", "ties", "--gpu-inputs", "hold"))
+    assert_refused(r, str(cs.finetuned[1]), "NaN", f"'{KEY}'")
+    assert snapshot(tmp_path) == before
+    r = run_cli(merge_args(cs, tmp_path / "out.safetensors", "ties", "--gpu-inputs", "always"))
+    assert r.code == 2 and "--gpu-inputs" in r.err

@@ -69,7 +69,12 @@ def _common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _merge_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {**_common_kwargs(args), "allow_duplicate_inputs": args.allow_unusual}
+    resident = {"auto": None, "hold": True, "stream": False}[args.gpu_inputs]
+    return {
+        **_common_kwargs(args),
+        "allow_duplicate_inputs": args.allow_unusual,
+        "resident": resident,
+    }
 
 
 def _method_params(args: argparse.Namespace, method_name: str) -> dict[str, Any]:

@@ -77,6 +77,18 @@ def _add_common_output(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_inputs_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gpu-inputs",
+        choices=["auto", "hold", "stream"],
+        default="auto",
+        help="where the inputs live while merging: 'hold' reads each input once into device "
+        "memory with large parallel reads (on a CPU: into RAM), 'stream' reads them tensor by "
+        "tensor; 'auto' (default) holds them on a GPU when they fit in two thirds of its free "
+        "memory and streams otherwise",
+    )
+
+
 def _add_lines_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lines-beta",
@@ -164,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="γ in [0, 1]: the first block's factor (the last keeps 1)",
     )
     _add_schedule_option(p)
+    _add_inputs_option(p)
     _add_common_output(p)
 
     p = sub.add_parser("merge", help="merge several fine-tuned checkpoints, optionally with LiNeS")
@@ -231,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="held-out score of each fine-tuned model, to order them (greedy_soup)",
     )
+    _add_inputs_option(p)
     _add_common_output(p)
 
     p = sub.add_parser(
@@ -250,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rewarded-soup weights, ≥ 0, summing to 1",
     )
     _add_lines_options(p)
+    _add_inputs_option(p)
     _add_common_output(p)
 
     p = sub.add_parser(

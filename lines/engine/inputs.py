@@ -110,7 +110,7 @@ def start_merge(
     dev: torch.device,
     progress: bool,
     hash_inputs: bool,
-    resident: bool = False,
+    resident: bool | None = None,
 ) -> tuple[TaskVectorStream, dict[str, Any]]:
     """The task-vector stream, after the method's statistics passes (the inputs' sha256 are
     computed meanwhile), and the manifest's common fields."""

@@ -66,15 +66,16 @@ def merge_checkpoints(
     allow_duplicate_inputs: bool = False,
     pre_schedule: Schedule | None = None,
     task_weights: Sequence[float] | None = None,
-    resident: bool = False,
+    resident: bool | None = None,
 ) -> dict[str, Any]:
     """Merge ``finetuned`` into ``pretrained`` with ``method``, scale per block with ``scaling``
     (uniform λ, or LiNeS with given or automatic α), write ``out`` atomically with a manifest,
     and return the manifest. ``pre_lines`` = (α, β) edits each τ_i with LiNeS (or
     ``pre_schedule``) before merging; ``task_weights`` scales each τ_i before merging;
-    ``resident`` holds every input on the device when it fits (opt-in: measured no faster than
-    the read-ahead with inputs in the page cache, benchmarks/NOTES.md). Nothing is
-    written if any input is bad (see ``lines.io.outputs`` for what may be written where)."""
+    ``resident``: None (default) reads every input once into GPU memory when the device is CUDA
+    and they fit (``lines.readahead.Resident``), else streams them through the read-ahead; True
+    also holds them on the CPU, False always streams. Nothing is written if any input is bad
+    (see ``lines.io.outputs`` for what may be written where)."""
     dev = resolve_device(device)
     odt = parse_dtype(out_dtype)
     if not allow_duplicate_inputs:
@@ -217,7 +218,7 @@ def build_task_vector(
     allow_duplicate_inputs: bool = False,
     pre_schedule: Schedule | None = None,
     task_weights: Sequence[float] | None = None,
-    resident: bool = False,
+    resident: bool | None = None,
 ) -> dict[str, Any]:
     """Write only the merged task vector τ_MTL (float32, floating keys) with ‖τ_sum‖ and ‖τ_MTL‖
     in its metadata, plus a manifest beside it. ``apply_task_vector`` (or an in-memory equivalent)

@@ -111,6 +111,12 @@ class Checkpoint(ABC):
         view.copy_(src)
         return view
 
+    def byte_range(self, key: str) -> tuple[Path, int, int] | None:
+        """Where ``key``'s raw (little-endian, row-major) bytes lie: (file, offset, length), or
+        None when they are not stored as one plain byte range (a torch zip file). Lets a reader
+        fetch many tensors with a few large reads."""
+        return None
+
     @abstractmethod
     def files(self) -> list[Path]:
         """The weight files behind this checkpoint, for hashing."""

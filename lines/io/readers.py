@@ -47,6 +47,9 @@ class ShardedCheckpoint(Checkpoint):
     def read_flat_into(self, key: str, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
         return self._owner[key].read_flat_into(key, start, stop, out)
 
+    def byte_range(self, key: str) -> tuple[Path, int, int] | None:
+        return self._owner[key].byte_range(key)
+
     def files(self) -> list[Path]:
         return [f for p in self._parts for f in p.files()]
 

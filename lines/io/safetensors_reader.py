@@ -91,16 +91,13 @@ class SafetensorsCheckpoint(Checkpoint):
         return view.view(info.dtype)
 
     def _pread(self, buf: bytearray | memoryview, offset: int, key: str) -> None:
-        """Fill ``buf`` from ``offset`` with positional reads: no shared file position, so
-        several threads may read one checkpoint at once."""
-        mv = memoryview(buf).cast("B")
-        fd = self._f.fileno()
-        done = 0
-        while done < len(mv):
-            got = os.preadv(fd, [mv[done:]], offset + done)
-            if got <= 0:
-                raise LinesError(f"{self.path}: truncated file while reading '{key}'")
-            done += got
+        pread_full(
+            self._f.fileno(), buf, offset, f"{self.path}: truncated file while reading '{key}'"
+        )
+
+    def byte_range(self, key: str) -> tuple[Path, int, int]:
+        begin, end = self._offsets[key]
+        return self.file, self._data_start + begin, end - begin
 
     def files(self) -> list[Path]:
         return [self.file]
@@ -193,3 +190,15 @@ def _check_layout(
         raise LinesError(
             f"{path}: corrupt safetensors file ({data_len - prev_end} bytes after the last tensor)"
         )
+
+
+def pread_full(fd: int, buf: bytearray | memoryview, offset: int, truncated: str) -> None:
+    """Fill ``buf`` from ``offset`` of ``fd`` with positional reads (no shared file position, so
+    several threads may read one file at once); LinesError(``truncated``) at an early end."""
+    mv = memoryview(buf).cast("B")
+    done = 0
+    while done < len(mv):
+        got = os.preadv(fd, [mv[done:]], offset + done)
+        if got <= 0:
+            raise LinesError(truncated)
+        done += got
