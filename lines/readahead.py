@@ -24,12 +24,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lines.errors import LinesError
-from lines.io import Checkpoint, TensorInfo
+from lines.io import Checkpoint
 from lines.io.safetensors_reader import pread_full
 
 Unit = tuple[str, tuple[int, int] | None]  # (key, flat [start, stop) or None for the whole tensor)
@@ -208,8 +209,8 @@ class Resident:
     then never touch the disk or the PCIe bus again).
 
     Inputs whose tensors are plain byte ranges of a file (safetensors, ``Checkpoint.byte_range``)
-    are read with few large positional reads: each file's ranges are coalesced into segments
-    (gaps up to ``_GAP`` bytes are read along), each segment gets one device buffer, and its
+    are read with few large positional reads of the checkpoint's own open file: each file's ranges
+    are coalesced into segments (``plan_segments``), each segment gets one device buffer, and its
     ``chunk_bytes`` pieces, of all inputs at once, are spread over ``workers`` threads. On CUDA a
     thread reads into one of two pinned buffers while the other's host-to-device copy runs. Every
     tensor is then a view of its segment's buffer. Other inputs (torch zip files) are read tensor
@@ -227,41 +228,54 @@ class Resident:
         workers: int | None = None,
         check: bool = True,
     ):
+        if device.type == "cuda" and device.index is None:  # worker threads start on device 0
+            device = torch.device("cuda", torch.cuda.current_device())
         self.cks = list(checkpoints)
         self.device = device
         self._views: list[dict[str, torch.Tensor]] = [{} for _ in self.cks]
         self._keys = list(dict.fromkeys(keys))
         self._chunk = max(1, chunk_bytes)
-        jobs: list[tuple[Path, int, torch.Tensor]] = []  # (file, offset, destination bytes)
+        self._stop = threading.Event()
+        jobs: list[_Job] = []
         placed: list[tuple[int, str, torch.Tensor, int]] = []  # (input, key, segment, offset)
         slow: list[int] = []
         for i, ck in enumerate(self.cks):
-            plan = _segments(ck, self._keys)
+            plan = plan_segments(ck, self._keys)
             if plan is None:
                 slow.append(i)
                 continue
-            for path, start, stop, members in plan:
-                buf = torch.empty(stop - start, dtype=torch.uint8, device=device)
-                for a in range(start, stop, self._chunk):
-                    jobs.append((path, a, buf[a - start : min(a + self._chunk, stop) - start]))
-                placed += [(i, key, buf, off - start) for key, off in members]
+            for seg in plan:
+                buf = torch.empty(seg.stop - seg.start, dtype=torch.uint8, device=device)
+                for a in range(seg.start, seg.stop, self._chunk):
+                    b = min(a + self._chunk, seg.stop)
+                    jobs.append(
+                        _Job(
+                            seg.fd,
+                            seg.path,
+                            seg.members[0][0],
+                            a,
+                            buf[a - seg.start : b - seg.start],
+                        )
+                    )
+                placed += [(i, key, buf, off - seg.start) for key, off in seg.members]
+        # the segments were allocated on this thread's stream: the workers' copies wait for it
+        ready = None
+        if device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(device))
         n = workers if workers is not None else resident_workers(device)
         n = max(1, min(n, len(jobs) + len(slow)))
-        fds: dict[Path, int] = {}
-        try:
-            for path, _, _ in jobs:
-                if path not in fds:
-                    fds[path] = _open_fd(path)
-            with ThreadPoolExecutor(n, "lines-resident") as pool:
-                futs = [pool.submit(self._read_jobs, jobs[w::n], fds) for w in range(n)]
-                futs += [pool.submit(self._load_slow, i) for i in slow]
+        with ThreadPoolExecutor(n, "lines-resident") as pool:
+            futs = [pool.submit(self._read_jobs, jobs[w::n], ready) for w in range(n)]
+            futs += [pool.submit(self._load_slow, i) for i in slow]
+            try:
                 for f in futs:
                     f.result()
-        finally:
-            for fd in fds.values():
-                os.close(fd)
+            finally:
+                self._stop.set()  # after an error the other workers stop at their next piece
         for i, key, buf, off in placed:
-            self._views[i][key] = _typed_view(buf, off, self.cks[i].info(key))
+            info = self.cks[i].info(key)
+            self._views[i][key] = buf[off : off + info.nbytes].view(info.dtype).view(info.shape)
         for i, ck in enumerate(self.cks):  # zero-size tensors have no bytes to read
             for key in self._keys:
                 if key not in self._views[i]:
@@ -270,37 +284,46 @@ class Resident:
         if check:
             self._check()
 
-    def _read_jobs(
-        self, jobs: Sequence[tuple[Path, int, torch.Tensor]], fds: dict[Path, int]
-    ) -> None:
+    def _read_jobs(self, jobs: Sequence[_Job], ready: torch.cuda.Event | None) -> None:
         if not jobs:
             return
         if self.device.type != "cuda":
-            for path, offset, dst in jobs:  # straight into the destination
-                _pread_into(fds[path], path, offset, dst)
+            for job in jobs:  # straight into the destination
+                if self._stop.is_set():
+                    return
+                job.read_into(job.dst)
             return
-        stream = torch.cuda.Stream(device=self.device)
-        size = max((d.numel() for _, _, d in jobs), default=0)
-        bufs = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-        done: list[torch.cuda.Event | None] = [None, None]
-        for j, (path, offset, dst) in enumerate(jobs):
-            b = j % 2
-            ev = done[b]
-            if ev is not None:
-                ev.synchronize()  # this buffer's previous copy has left it
-            host = bufs[b][: dst.numel()]
-            _pread_into(fds[path], path, offset, host)
-            with torch.cuda.stream(stream):
-                dst.copy_(host, non_blocking=True)
-                ev = torch.cuda.Event()
-                ev.record(stream)
-            done[b] = ev
-        stream.synchronize()
+        with torch.cuda.device(self.device):
+            stream = torch.cuda.Stream(device=self.device)
+            assert ready is not None
+            stream.wait_event(ready)
+            size = max(job.dst.numel() for job in jobs)
+            bufs = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+            done: list[torch.cuda.Event | None] = [None, None]
+            try:
+                for j, job in enumerate(jobs):
+                    if self._stop.is_set():
+                        return
+                    b = j % 2
+                    ev = done[b]
+                    if ev is not None:
+                        ev.synchronize()  # this buffer's previous copy has left it
+                    host = bufs[b][: job.dst.numel()]
+                    job.read_into(host)
+                    with torch.cuda.stream(stream):
+                        job.dst.copy_(host, non_blocking=True)
+                        ev = torch.cuda.Event()
+                        ev.record(stream)
+                    done[b] = ev
+            finally:
+                stream.synchronize()  # no copy outlives this call, whatever happened
 
     def _load_slow(self, i: int) -> None:
         """Tensor by tensor, for an input without plain byte ranges."""
         ck = self.cks[i]
         for key in self._keys:
+            if self._stop.is_set():
+                return
             t = ck.get(key)
             self._views[i][key] = t.to(self.device) if self.device.type == "cuda" else t
 
@@ -345,58 +368,78 @@ def resident_workers(device: torch.device) -> int:
     return max(1, min(16 if device.type == "cuda" else 2, cpus - 1))
 
 
-def _segments(
-    ck: Checkpoint, keys: Sequence[str]
-) -> list[tuple[Path, int, int, list[tuple[str, int]]]] | None:
-    """``keys``' byte ranges coalesced into (file, start, stop, [(key, offset)]) segments, or
-    None when some key has no plain byte range."""
+@dataclass
+class Segment:
+    """Bytes [start, stop) of one open file, holding ``members`` = [(key, file offset)]."""
+
+    fd: int
+    path: Path
+    start: int
+    stop: int
+    members: list[tuple[str, int]]
+
+
+@dataclass
+class _Job:
+    """One piece of a segment: file bytes from ``offset`` into ``dst`` (the first key of its
+    segment names it in errors)."""
+
+    fd: int
+    path: Path
+    key: str
+    offset: int
+    dst: torch.Tensor
+
+    def read_into(self, buf: torch.Tensor) -> None:
+        pread_full(
+            self.fd, buf.numpy(), self.offset, self.path, f"'{self.key}' (byte {self.offset})"
+        )
+
+
+def plan_segments(ck: Checkpoint, keys: Sequence[str]) -> list[Segment] | None:
+    """``keys``' byte ranges coalesced into segments, or None when some key has no plain byte
+    range. A range joins the previous segment when it starts at most ``_GAP`` bytes after it and
+    at an offset within the segment that is a multiple of its element size (so every tensor is a
+    view of its segment's buffer)."""
     ranges = []
-    for key in keys:
+    for key in dict.fromkeys(keys):
         r = ck.byte_range(key)
         if r is None:
             return None
-        if r[2]:
-            ranges.append((r[0], r[1], r[2], key))
-    ranges.sort(key=lambda r: (str(r[0]), r[1]))
-    segs: list[tuple[Path, int, int, list[tuple[str, int]]]] = []
-    for path, off, nbytes, key in ranges:
-        if segs and segs[-1][0] == path and segs[-1][2] <= off <= segs[-1][2] + _GAP:
-            p, a, _, members = segs[-1]
-            members.append((key, off))
-            segs[-1] = (p, a, off + nbytes, members)
+        if r[3]:
+            esize = torch.empty((), dtype=ck.info(key).dtype).element_size()
+            ranges.append((*r, key, esize))
+    ranges.sort(key=lambda r: (str(r[1]), r[2]))
+    segs: list[Segment] = []
+    for fd, path, off, nbytes, key, esize in ranges:
+        last = segs[-1] if segs else None
+        if (
+            last is not None
+            and last.path == path
+            and last.stop <= off <= last.stop + _GAP
+            and (off - last.start) % esize == 0
+        ):
+            last.members.append((key, off))
+            last.stop = off + nbytes
         else:
-            segs.append((path, off, off + nbytes, [(key, off)]))
+            segs.append(Segment(fd, path, off, off + nbytes, [(key, off)]))
     return segs
-
-
-def _typed_view(buf: torch.Tensor, off: int, info: TensorInfo) -> torch.Tensor:
-    """The tensor stored at byte ``off`` of ``buf``: a view when ``off`` is a multiple of the
-    element size (always in files written with aligned offsets), else an aligned copy."""
-    raw = buf[off : off + info.nbytes]
-    esize = torch.empty((), dtype=info.dtype).element_size()
-    if off % esize:
-        raw = raw.clone()
-    return raw.view(info.dtype).view(info.shape)
-
-
-def _open_fd(path: Path) -> int:
-    try:
-        return os.open(path, os.O_RDONLY)
-    except OSError as e:
-        raise LinesError(f"{path}: cannot open ({e.strerror})") from None
-
-
-def _pread_into(fd: int, path: Path, offset: int, dst: torch.Tensor) -> None:
-    pread_full(fd, dst.numpy(), offset, f"{path}: truncated file (changed while being read?)")
 
 
 def fits_resident(
     checkpoints: Sequence[Checkpoint], keys: Sequence[str], device: torch.device
 ) -> bool:
     """Whether every input's ``keys`` fit on a CUDA device with room to spare for the merge's
-    temporaries (a third of the free memory is left for them)."""
+    temporaries (a third of the free memory is left for them), counting the bytes ``Resident``
+    will hold (its segments, gaps included)."""
     if device.type != "cuda":
         return False
-    need = sum(ck.info(k).nbytes for ck in checkpoints for k in dict.fromkeys(keys))
+    need = 0
+    for ck in checkpoints:
+        plan = plan_segments(ck, keys)
+        if plan is None:
+            need += sum(ck.info(k).nbytes for k in dict.fromkeys(keys))
+        else:
+            need += sum(seg.stop - seg.start for seg in plan)
     free, _ = torch.cuda.mem_get_info(device)
     return need < free * 2 // 3

@@ -924,13 +924,25 @@ def test_acceptance_loop_reduced(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
-def test_held_inputs_give_the_streamed_output(tmp_path, run_cli, method) -> None:
+def test_held_inputs_give_the_streamed_output(tmp_path, run_cli, method, monkeypatch) -> None:
+    import lines.engine.stream as stream
+
+    built = []
+
+    class Spy(stream.Resident):
+        def __init__(self, *a, **k):
+            built.append(1)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(stream, "Resident", Spy)
     cs = write_family(tmp_path / "ckpt", n=3)
     outs = {}
-    for mode in ("stream", "hold", "auto"):
+    for mode, held in (("stream", 0), ("hold", 1), ("auto", 0)):  # auto holds on a GPU only
+        built.clear()
         out = tmp_path / f"{mode}.safetensors"
         r = run_cli(merge_args(cs, out, method, "--lines-beta", "0.5", "--gpu-inputs", mode))
         assert r.code == 0, r.err
+        assert len(built) == held, mode
         outs[mode] = load_state_dict(out)
     for k, v in outs["stream"].items():
         assert torch.equal(v, outs["hold"][k]) and torch.equal(v, outs["auto"][k]), k
@@ -942,7 +954,14 @@ def test_held_inputs_refuse_nan_and_write_nothing(tmp_path, run_cli) -> None:
     sd[KEY].reshape(-1)[3] = float("nan")
     save_state_dict(cs.finetuned[1], sd)
     before = snapshot(tmp_path)
-    r = run_cli(merge_args(cs, tmp_path / "out.safetensors", "ties", "--gpu-inputs", "hold"))
+    import lines.engine.stream as stream
+
+    def no_stream(*a, **k):
+        raise AssertionError("--gpu-inputs hold streamed")
+
+    with pytest.MonkeyPatch.context() as mp:  # the refusal must come from the held reader
+        mp.setattr(stream, "ReadAhead", no_stream)
+        r = run_cli(merge_args(cs, tmp_path / "out.safetensors", "ties", "--gpu-inputs", "hold"))
     assert_refused(r, str(cs.finetuned[1]), "NaN", f"'{KEY}'")
     assert snapshot(tmp_path) == before
     r = run_cli(merge_args(cs, tmp_path / "out.safetensors", "ties", "--gpu-inputs", "always"))

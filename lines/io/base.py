@@ -111,10 +111,11 @@ class Checkpoint(ABC):
         view.copy_(src)
         return view
 
-    def byte_range(self, key: str) -> tuple[Path, int, int] | None:
-        """Where ``key``'s raw (little-endian, row-major) bytes lie: (file, offset, length), or
-        None when they are not stored as one plain byte range (a torch zip file). Lets a reader
-        fetch many tensors with a few large reads."""
+    def byte_range(self, key: str) -> tuple[int, Path, int, int] | None:
+        """Where ``key``'s raw (little-endian, row-major) bytes lie: (the open file descriptor
+        this checkpoint reads from, its path, offset, length), or None when they are not stored
+        as one plain byte range (a torch zip file). Lets a reader fetch many tensors with a few
+        large positional reads of the very file whose header was checked."""
         return None
 
     @abstractmethod

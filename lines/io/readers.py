@@ -47,7 +47,7 @@ class ShardedCheckpoint(Checkpoint):
     def read_flat_into(self, key: str, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
         return self._owner[key].read_flat_into(key, start, stop, out)
 
-    def byte_range(self, key: str) -> tuple[Path, int, int] | None:
+    def byte_range(self, key: str) -> tuple[int, Path, int, int] | None:
         return self._owner[key].byte_range(key)
 
     def files(self) -> list[Path]:

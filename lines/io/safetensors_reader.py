@@ -91,13 +91,11 @@ class SafetensorsCheckpoint(Checkpoint):
         return view.view(info.dtype)
 
     def _pread(self, buf: bytearray | memoryview, offset: int, key: str) -> None:
-        pread_full(
-            self._f.fileno(), buf, offset, f"{self.path}: truncated file while reading '{key}'"
-        )
+        pread_full(self._f.fileno(), buf, offset, self.path, f"'{key}'")
 
-    def byte_range(self, key: str) -> tuple[Path, int, int]:
+    def byte_range(self, key: str) -> tuple[int, Path, int, int]:
         begin, end = self._offsets[key]
-        return self.file, self._data_start + begin, end - begin
+        return self._f.fileno(), self.file, self._data_start + begin, end - begin
 
     def files(self) -> list[Path]:
         return [self.file]
@@ -192,13 +190,17 @@ def _check_layout(
         )
 
 
-def pread_full(fd: int, buf: bytearray | memoryview, offset: int, truncated: str) -> None:
+def pread_full(fd: int, buf: bytearray | memoryview, offset: int, path: Path, what: str) -> None:
     """Fill ``buf`` from ``offset`` of ``fd`` with positional reads (no shared file position, so
-    several threads may read one file at once); LinesError(``truncated``) at an early end."""
+    several threads may read one file at once). LinesError naming ``path`` and ``what`` on an
+    early end of file or an OS error."""
     mv = memoryview(buf).cast("B")
     done = 0
     while done < len(mv):
-        got = os.preadv(fd, [mv[done:]], offset + done)
+        try:
+            got = os.preadv(fd, [mv[done:]], offset + done)
+        except OSError as e:
+            raise LinesError(f"{path}: cannot read {what} ({e.strerror})") from None
         if got <= 0:
-            raise LinesError(truncated)
+            raise LinesError(f"{path}: truncated file while reading {what}")
         done += got
