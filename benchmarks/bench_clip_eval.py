@@ -29,15 +29,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from timing import run_header  # noqa: E402
 
 SUITE8 = ("SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD")
 # Approximate sizes of the reference validation splits (10% of train, at most 5,000; EuroSAT's
@@ -189,16 +192,9 @@ def run(a: argparse.Namespace, save: Any = lambda res: None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     tasks = list(SUITE8)
     res: dict[str, Any] = {
-        "machine": a.machine,
+        **run_header(a.machine, torch.device(a.device)),
         "model": a.model,
         "device": a.device,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "platform": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpus": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
         "batch_size": a.batch_size,
         "workers": a.workers,
     }
@@ -495,17 +491,28 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report")
     p.add_argument("json")
     a = ap.parse_args(argv)
+    return run_and_report(a, "clip_eval", run, report)
+
+
+def run_and_report(
+    a: argparse.Namespace,
+    stem: str,
+    run_fn: Callable[[argparse.Namespace, Callable[[dict], Any]], dict],
+    report_fn: Callable[[Path], str],
+) -> int:
+    """``report`` (a results file rendered to markdown beside it) or a run whose results are
+    saved as it goes into ``<out>/<stem>_<machine>.json``, then rendered."""
     if a.cmd == "report":
-        md = report(Path(a.json))
+        md = report_fn(Path(a.json))
         Path(a.json).with_suffix(".md").write_text(md)
         print(md)
         return 0
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    f = out / f"clip_eval_{a.machine}.json"
-    res = run(a, lambda r: f.write_text(json.dumps(r, indent=2) + "\n"))  # saved as it goes
+    f = out / f"{stem}_{a.machine}.json"
+    res = run_fn(a, lambda r: f.write_text(json.dumps(r, indent=2) + "\n"))
     f.write_text(json.dumps(res, indent=2) + "\n")
-    f.with_suffix(".md").write_text(report(f))
+    f.with_suffix(".md").write_text(report_fn(f))
     print(f.with_suffix(".md").read_text())
     return 0
 

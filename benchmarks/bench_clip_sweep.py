@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,9 +41,11 @@ from bench_clip_eval import (  # noqa: E402
     TINY,
     _log,
     _sync,
+    run_and_report,
     write_checkpoints,
     write_data,
 )
+from timing import run_header  # noqa: E402
 
 L14 = dict(width=1024, layers=24, heads=16, patch_size=14, image_size=224, output_dim=768)
 CONFIGS = {"ViT-B-32": B32, "ViT-L-14": L14, "tiny": TINY}
@@ -188,14 +189,7 @@ def run(a: argparse.Namespace, save: Any) -> dict[str, Any]:
 
     work = Path(a.workdir)
     res: dict[str, Any] = {
-        "machine": a.machine,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "platform": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpus": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
+        **run_header(a.machine, torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         "n_finetuned": a.n_finetuned,
         "models": {},
     }
@@ -275,19 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report")
     p.add_argument("json")
     a = ap.parse_args(argv)
-    if a.cmd == "report":
-        md = report(Path(a.json))
-        Path(a.json).with_suffix(".md").write_text(md)
-        print(md)
-        return 0
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    f = out / f"clip_sweep_{a.machine}.json"
-    res = run(a, lambda r: f.write_text(json.dumps(r, indent=2) + "\n"))
-    f.write_text(json.dumps(res, indent=2) + "\n")
-    f.with_suffix(".md").write_text(report(f))
-    print(f.with_suffix(".md").read_text())
-    return 0
+    return run_and_report(a, "clip_sweep", run, report)
 
 
 if __name__ == "__main__":

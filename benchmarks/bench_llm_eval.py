@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -34,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from timing import best_of  # noqa: E402
+from timing import against_bare, best_of, run_header  # noqa: E402
 
 SMOLLM2_135M = dict(
     hidden_size=576,
@@ -102,14 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     reqs = requests(a.examples, a.options, cfg["vocab_size"])
     tokens = sum(len(c) + len(k) - 1 for c, k in reqs)
     res: dict = {
-        "machine": a.machine,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "platform": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpus": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
-        },
+        **run_header(a.machine, dev),
         "model": a.model,
         "requests": len(reqs),
         "tokens": tokens,
@@ -140,13 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         run = {
             "batch_size": bs,
             "padded_tokens": padded,
-            "per_call_s": round(t_call, 3),
-            "collated_s": round(t_col, 3),
-            "bare_forward_s": round(t_bare, 3),
-            "per_call_tokens_per_s": round(tokens / t_call, 1),
-            "collated_tokens_per_s": round(tokens / t_col, 1),
-            "bare_forward_tokens_per_s": round(tokens / t_bare, 1),
-            "collated_over_bare": round(t_col / t_bare, 3),
+            **against_bare(
+                tokens, "tokens", "collated", per_call=t_call, collated=t_col, bare_forward=t_bare
+            ),
         }
         res["runs"].append(run)
         print(json.dumps(run), flush=True)

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,7 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from timing import best_of  # noqa: E402
+from timing import against_bare, best_of, run_header  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,27 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     t_call, t_kept = best_of(per_call, dev, a.repeat), best_of(kept, dev, a.repeat)
     t_bare = best_of(bare, dev, a.repeat)
     res = {
-        "machine": a.machine,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "platform": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else None,
-            "loadavg": os.getloadavg(),
-        },
+        **run_header(a.machine, dev),
         "params": a.params,
         "examples": examples,
         "tokens": tokens,
         "batch_size": a.batch_size,
-        "per_call_s": round(t_call, 3),
-        "kept_s": round(t_kept, 3),
-        "bare_forward_s": round(t_bare, 3),
-        "per_call_tokens_per_s": round(tokens / t_call, 1),
-        "kept_tokens_per_s": round(tokens / t_kept, 1),
-        "bare_forward_tokens_per_s": round(tokens / t_bare, 1),
-        "kept_over_bare": round(t_kept / t_bare, 3),
+        **against_bare(tokens, "tokens", "kept", per_call=t_call, kept=t_kept, bare_forward=t_bare),
     }
     print(json.dumps(res, indent=1))
     out = Path(a.out)

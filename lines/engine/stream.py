@@ -175,8 +175,8 @@ class TaskVectorStream:
             x.mul_(w.view(-1, *([1] * (x.dim() - 1))))
 
     def reader(self) -> ReadAhead | Resident:
-        """With ``resident`` (and, on a GPU, room for it) every input is read once into device
-        memory with parallel reads into pinned buffers; otherwise a read-ahead over the passes'
+        """Every input read once into device memory (``Resident``) when ``resident`` is True,
+        or None on a GPU, and on a GPU only if they fit; otherwise a read-ahead over the passes'
         unit order."""
         if self._reader is None:
             cks = [self.base, *self.finetuned]
